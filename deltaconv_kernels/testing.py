@@ -1,0 +1,72 @@
+"""The one tolerance table and the comparison helpers every correctness test uses.
+
+A fast path is compared with the reference run on the same inputs upcast to fp64 (`reference_inputs`), by
+two relative errors: the max error over max|ref| and the norm error ‖out − ref‖ / ‖ref‖. NaN never passes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class Tolerance(NamedTuple):
+    max_rel: float   # max|out - ref| / max|ref|
+    norm_rel: float  # ||out - ref|| / ||ref||
+
+
+# Output dtype -> tolerance. fp16/bf16 values are rounded once (eps 1e-3 / 8e-3); gradients through a K x K
+# conv and pooling accumulate in fp32 but their inputs were rounded, hence the margin over eps.
+TOLERANCES = {
+    torch.float64: Tolerance(1e-10, 1e-11),
+    torch.float32: Tolerance(2e-5, 5e-6),
+    torch.float16: Tolerance(1e-2, 3e-3),
+    torch.bfloat16: Tolerance(6e-2, 2e-2),
+}
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def tolerance(dtype: torch.dtype) -> Tolerance:
+    return TOLERANCES[dtype]
+
+
+def relative_errors(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+    a = actual.detach().to(torch.float64)
+    e = expected.detach().to(torch.float64)
+    diff = a - e
+    scale_max = e.abs().max().clamp_min(1e-30)
+    scale_norm = e.norm().clamp_min(1e-30)
+    return (diff.abs().max() / scale_max).item(), (diff.norm() / scale_norm).item()
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None,
+                 what: str = "output") -> None:
+    """Fail unless `actual` matches `expected` within the table's tolerance for `dtype` (default: actual's)."""
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    if not torch.isfinite(actual).all():
+        raise AssertionError(f"{what}: has non-finite values")
+    tol = tolerance(dtype or actual.dtype)
+    max_rel, norm_rel = relative_errors(actual, expected)
+    if not (max_rel <= tol.max_rel and norm_rel <= tol.norm_rel):
+        raise AssertionError(f"{what}: max_rel={max_rel:.3g} (tol {tol.max_rel:.1g}), "
+                             f"norm_rel={norm_rel:.3g} (tol {tol.norm_rel:.1g}) for {dtype or actual.dtype}")
+
+
+def reference_inputs(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Detached fp64 copies (requiring grad where the original did) for running the reference."""
+    return [t.detach().to(torch.float64).requires_grad_(t.requires_grad) for t in tensors]
+
+
+def random_like_grad(out: torch.Tensor, strided: bool = True, generator=None) -> torch.Tensor:
+    """A random upstream gradient for `out`; `strided=True` gives a non-contiguous channel slice of a larger
+    tensor, like the gradient of one stage of a `torch.cat` (the released Triton code got that wrong)."""
+    if not strided:
+        return torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=generator)
+    big = torch.randn(*out.shape[:-1], out.shape[-1] * 2 + 3, dtype=out.dtype, device=out.device,
+                      generator=generator)
+    g = big[..., 1:1 + out.shape[-1]]
+    assert not g.is_contiguous()
+    return g
