@@ -5,7 +5,8 @@ A kernel backend is a module with three functions, all on channels-last tensors:
   pyramid_backward(grad_out, u, weights, scales, sigmoid_gate, gate_scale) -> (grad_u, [grad_w_i])
       grad_u in u.dtype, grad_w_i in weights[i].dtype (accumulated in fp32); grad_out may be strided
   pooled_bias(x, weight, bias) -> [B, C] in x.dtype
-(the `torch` backend is the reference, called directly; see torch_backend.py), and a `probe()` returning None when usable or the reason it is not. Nothing falls back silently: an
+and a `probe()` returning None when usable or the reason it is not. (The `torch` backend is the reference,
+called directly; see torch_backend.py.) Nothing falls back silently: an
 automatic choice skips an unavailable backend, a forced one raises with every reason.
 """
 
