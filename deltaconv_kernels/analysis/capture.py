@@ -1,0 +1,211 @@
+"""Capture self-attention maps of `BasicTransformerBlock.attn1` in diffusers models, memory-bounded.
+
+For each layer a fixed sample of query positions is drawn once per map size (seeded, so every timestep looks at
+the same queries); during the model's forward a hook on `attn1` recomputes softmax(q k^T * scale) for those queries
+only, a chunk of heads (and queries) at a time, and hands each chunk to a consumer. The hook reads the layer's input
+and returns nothing, so the model's output is untouched. The map size (H, W) of a layer is not visible to `attn1`
+(it sees `[B, N, C]`); a forward pre-hook on the module that still sees the 4-D latent records it (DESIGN §5):
+`Transformer2DModel` in U-Nets, the model itself for PixArt and DiT (latent H / patch, W / patch).
+
+Layer names are the module paths of the `attn1` modules relative to the denoiser (e.g.
+`down_blocks.0.attentions.0.transformer_blocks.0.attn1`, `transformer_blocks.3.attn1`): the names the diffusers
+integration's `convert(model, kernel_sizes={name: K})` takes and reports.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.transformers.dit_transformer_2d import DiTTransformer2DModel
+from diffusers.models.transformers.pixart_transformer_2d import PixArtTransformer2DModel
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from torch import nn
+
+SPATIAL_OWNERS = (Transformer2DModel, PixArtTransformer2DModel, DiTTransformer2DModel)
+# Attention scores per chunk. Measuring a chunk (float64 integral image and FFT) peaks near 40 bytes per score
+# on top of the 4-byte scores, so 2^23 scores stay under ~400 MiB.
+DEFAULT_MAX_ELEMENTS = 1 << 23
+
+
+class CapturedMaps(NamedTuple):
+    layer: str               # module path of attn1
+    step: object             # the caller's tag for this forward (e.g. the timestep)
+    hw: tuple[int, int]      # (H, W) of the layer's token map
+    qy: torch.Tensor         # [S] query rows
+    qx: torch.Tensor         # [S] query cols
+    maps: torch.Tensor       # [B, heads in chunk, S, H, W] float32 softmax rows (each sums to 1)
+    head_offset: int         # index of the chunk's first head
+    num_heads: int           # heads of the layer
+
+
+def self_attention_layers(model: nn.Module) -> dict[str, BasicTransformerBlock]:
+    """Every `BasicTransformerBlock` of the model whose `attn1` is a self-attention, by the path of its attn1."""
+    found = [(f"{name}.attn1", m) for name, m in model.named_modules()
+             if isinstance(m, BasicTransformerBlock) and not m.only_cross_attention]
+    # U-Nets register up_blocks before mid_block; list layers in forward order (down, mid, up) as convert does
+    section = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    layers = dict(sorted(found, key=lambda item: section.get(item[0].split(".", 1)[0], 0)))
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no BasicTransformerBlock with self-attention attn1: "
+                         "supported are UNet2DConditionModel, PixArtTransformer2DModel and DiTTransformer2DModel")
+    return layers
+
+
+def _spatial_owner(model: nn.Module, layer: str) -> tuple[str, nn.Module]:
+    """The innermost module above `layer` that sees the 4-D latent (the longest matching name prefix)."""
+    best = None
+    for name, m in model.named_modules():
+        if isinstance(m, SPATIAL_OWNERS) and (name == "" or layer.startswith(name + ".")):
+            if best is None or len(name) > len(best[0]):
+                best = (name, m)
+    if best is None:
+        raise ValueError(f"cannot find the (H, W) of layer {layer!r}: it has no {[c.__name__ for c in SPATIAL_OWNERS]} "
+                         "ancestor whose 4-D input gives the map size")
+    return best
+
+
+def query_sample(h: int, w: int, num_queries: int, seed: int, layer: str,
+                 must_include: Sequence[tuple[int, int]] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed sample of min(num_queries, H*W) query positions: `must_include` first, then uniformly drawn distinct
+    positions. Seeded by (seed, layer name, H, W) so the sample does not depend on hook order."""
+    n = h * w
+    if num_queries < 1:
+        raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+    chosen = list(dict.fromkeys(y * w + x for y, x in must_include))[:num_queries]
+    if any(not 0 <= i < n for i in chosen):
+        raise ValueError(f"must_include positions must lie inside the {h} x {w} map, got {list(must_include)}")
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(f"{layer}:{h}x{w}".encode()))
+    taken = set(chosen)
+    for i in torch.randperm(n, generator=gen).tolist():
+        if len(chosen) >= min(num_queries, n):
+            break
+        if i not in taken:
+            chosen.append(i)
+    index = torch.tensor(chosen, dtype=torch.long)
+    return index // w, index % w
+
+
+def attention_logits_inputs(attn: nn.Module, hidden_states: torch.Tensor, query_index: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head queries for the sampled tokens and keys for all tokens, as the attention processor forms them:
+    q [B, heads, S, d], k [B, heads, N, d] (with `norm_q`/`norm_k` applied when the layer has them)."""
+    if getattr(attn, "group_norm", None) is not None or getattr(attn, "spatial_norm", None) is not None:
+        raise ValueError("attn1 with group_norm or spatial_norm is not a BasicTransformerBlock self-attention; "
+                         "the analysis does not support it")
+    if hidden_states.dim() != 3:
+        raise ValueError(f"attn1 input must be [B, N, C], got shape {tuple(hidden_states.shape)}")
+    b, n, _ = hidden_states.shape
+    q = attn.to_q(hidden_states[:, query_index.to(hidden_states.device)])
+    k = attn.to_k(hidden_states)
+    heads = attn.heads
+    head_dim = k.shape[-1] // heads
+    q = q.view(b, -1, heads, head_dim).transpose(1, 2)
+    k = k.view(b, n, heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return q, k
+
+
+def chunked_attention_maps(q: torch.Tensor, k: torch.Tensor, scale: float, max_elements: int):
+    """Yield (head_offset, query_offset, probs [B, hc, sc, N] float32) chunk by chunk, each chunk holding at most
+    max(max_elements, B * N) scores: softmax(q k^T * scale) over the keys, in float32."""
+    b, heads, s, _ = q.shape
+    n = k.shape[2]
+    per_query = b * n
+    queries = max(1, min(s, max_elements // per_query))
+    heads_per_chunk = max(1, min(heads, max_elements // (per_query * queries))) if queries == s else 1
+    for h0 in range(0, heads, heads_per_chunk):
+        kh = k[:, h0:h0 + heads_per_chunk].float()
+        for s0 in range(0, s, queries):
+            qh = q[:, h0:h0 + heads_per_chunk, s0:s0 + queries].float()
+            yield h0, s0, torch.softmax(qh @ kh.transpose(-1, -2) * scale, dim=-1)
+
+
+class AttentionCapture:
+    """Context manager: while active, every forward of the model sends the sampled attention maps of each layer to
+    `consumer(CapturedMaps)`. Set `.step` before a forward to tag its maps (e.g. with the timestep).
+
+    `layers`: names to capture (default: all self-attention layers). `must_include(h, w)` returns query positions
+    that every sample of an h x w layer contains (e.g. the ones to plot). `max_elements` bounds the scores held
+    at once."""
+
+    def __init__(self, model: nn.Module, consumer: Callable[[CapturedMaps], None], num_queries: int = 64,
+                 seed: int = 0, layers: Sequence[str] | None = None,
+                 must_include: Callable[[int, int], Sequence[tuple[int, int]]] | None = None,
+                 max_elements: int = DEFAULT_MAX_ELEMENTS):
+        all_layers = self_attention_layers(model)
+        if layers is None:
+            layers = list(all_layers)
+        unknown = [name for name in layers if name not in all_layers]
+        if unknown:
+            raise ValueError(f"layers {unknown} are not self-attention BasicTransformerBlocks of the model; "
+                             f"known: {list(all_layers)}")
+        if max_elements < 1:
+            raise ValueError(f"max_elements must be >= 1, got {max_elements}")
+        for name in layers:
+            attn = all_layers[name].attn1
+            if not all(hasattr(attn, a) for a in ("to_q", "to_k", "heads", "scale")):
+                raise ValueError(f"{name} is a {type(attn).__name__}, not a diffusers Attention (is the model already "
+                                 "converted to ΔConvBlocks?): there is no attention map to capture")
+        self.model, self.consumer = model, consumer
+        self.layers = {name: all_layers[name] for name in layers}
+        self.owners = {name: _spatial_owner(model, name) for name in self.layers}
+        self.num_queries, self.seed, self.max_elements = num_queries, seed, max_elements
+        self.must_include = must_include or (lambda h, w: ())
+        self.step: object = None
+        self.sizes: dict[str, tuple[int, int]] = {}  # owner name -> (H, W) of its current forward
+        self.samples: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> AttentionCapture:
+        for owner_name, owner in {o[0]: o[1] for o in self.owners.values()}.items():
+            self._handles.append(owner.register_forward_pre_hook(self._size_hook(owner_name), with_kwargs=True))
+        for name, block in self.layers.items():
+            self._handles.append(block.attn1.register_forward_hook(self._attention_hook(name), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _size_hook(self, owner_name: str):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs.get("hidden_states")
+            if not isinstance(x, torch.Tensor) or x.dim() != 4:
+                raise ValueError(f"{owner_name or type(module).__name__} input must be a 4-D latent [B, C, H, W] "
+                                 f"to give the attention map size, got {getattr(x, 'shape', type(x))}")
+            patch = getattr(module.config, "patch_size", None) or 1
+            self.sizes[owner_name] = (x.shape[-2] // patch, x.shape[-1] // patch)
+        return hook
+
+    def _attention_hook(self, name: str):
+        owner_name = self.owners[name][0]
+
+        def hook(attn, args, kwargs, output):
+            if kwargs.get("encoder_hidden_states") is not None:
+                raise ValueError(f"attn1 of {name} got encoder_hidden_states: it is not a self-attention")
+            if kwargs.get("attention_mask") is not None:
+                raise ValueError(f"attn1 of {name} got an attention_mask; masked self-attention is not supported "
+                                 "by the analysis")
+            x = args[0] if args else kwargs["hidden_states"]
+            h, w = self.sizes[owner_name]
+            if h * w != x.shape[1]:
+                raise ValueError(f"layer {name}: recorded map size {h}x{w} does not match its {x.shape[1]} tokens")
+            key = (name, h, w)
+            if key not in self.samples:
+                self.samples[key] = query_sample(h, w, self.num_queries, self.seed, name, self.must_include(h, w))
+            qy, qx = self.samples[key]
+            with torch.no_grad():
+                q, k = attention_logits_inputs(attn, x, qy * w + qx)
+                for h0, s0, probs in chunked_attention_maps(q, k, attn.scale, self.max_elements):
+                    sl = slice(s0, s0 + probs.shape[2])
+                    self.consumer(CapturedMaps(name, self.step, (h, w), qy[sl], qx[sl],
+                                               probs.unflatten(-1, (h, w)), h0, q.shape[1]))
+        return hook
