@@ -56,3 +56,8 @@ def test_backend_on_wrong_device_type():
         pytest.skip(f"cpu backend unavailable: {available_backends()['cpu'].reason}")
     with pytest.raises(BackendUnavailableError, match="cannot run on cuda tensors"):
         registry.resolve("cpu", "cuda")
+
+
+def test_automatic_choice_for_fp64_is_the_reference():
+    assert registry.resolve(None, "cpu", torch.float64) == "torch"
+    assert registry.resolve(None, "cuda", torch.float64) == "torch"

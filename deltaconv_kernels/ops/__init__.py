@@ -24,7 +24,7 @@ def pyramid(u: torch.Tensor, weights, scales, gate: str = "scaled", gate_scale: 
     validation.check_gate(gate)
     if gate_scale is None:
         gate_scale = default_gate_scale(u.shape[-1])
-    name = resolve(backend, u.device.type)
+    name = resolve(backend, u.device.type, u.dtype)
     if name == "torch":
         return reference.pyramid(u, weights, scales, gate, gate_scale)
     return torch.ops.deltaconv.pyramid(u, list(weights), [float(s) for s in scales], gate == "sigmoid",
@@ -34,7 +34,7 @@ def pyramid(u: torch.Tensor, weights, scales, gate: str = "scaled", gate_scale: 
 def pooled_bias(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """Per-sample bias `[B, C]` = `weight @ mean_{H,W}(x) + bias` for channels-last `x` `[B, H, W, C]`."""
     validation.check_pooled_bias_args(x, weight, bias)
-    name = resolve(backend, x.device.type)
+    name = resolve(backend, x.device.type, x.dtype)
     if name == "torch":
         return reference.pooled_bias(x, weight, bias)
     return torch.ops.deltaconv.pooled_bias(x, weight, bias, name)

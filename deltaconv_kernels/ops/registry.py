@@ -16,6 +16,8 @@ import importlib
 import os
 from typing import NamedTuple
 
+import torch
+
 ENV_VAR = "DELTACONV_BACKEND"
 BACKENDS = ("triton", "cuda", "cpu", "torch")
 # The order an automatic choice tries them in, per device type.
@@ -69,11 +71,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve(requested: str | None, device_type: str) -> str:
-    """The backend to run on tensors of `device_type`: `requested`, else $DELTACONV_BACKEND, else automatic."""
+def resolve(requested: str | None, device_type: str, dtype: torch.dtype | None = None) -> str:
+    """The backend to run on tensors of `device_type`: `requested`, else $DELTACONV_BACKEND, else automatic.
+    The kernel backends compute fp16/bf16/fp32; an automatic choice for fp64 (gradchecks) is the reference."""
     name = requested or os.environ.get(ENV_VAR) or None
     if name is None:
-        order = AUTO_ORDER.get(device_type, ("torch",))
+        order = ("torch",) if dtype == torch.float64 else AUTO_ORDER.get(device_type, ("torch",))
         for cand in order:
             if cand == "triton" and device_type != "cuda":
                 continue

@@ -1,6 +1,12 @@
-"""The `triton` backend: fused Triton kernels (deltaconv_kernels/triton). Owned by the Triton work."""
+"""The `triton` backend: fused Triton kernels (deltaconv_kernels/triton), on CUDA tensors, or on CPU tensors
+under TRITON_INTERPRET=1 (the Triton interpreter; that is how CI tests the kernels without a GPU).
+
+The pooled-bias branch computes the mean over H, W in Triton and the small C x C product in torch (fp32).
+"""
 
 from __future__ import annotations
+
+import os
 
 DESCRIPTION = "fused Triton kernels"
 
@@ -10,4 +16,29 @@ def probe() -> str | None:
         import triton  # noqa: F401
     except ImportError as e:
         return f"triton is not installed ({e})"
-    return "the Triton kernels are not implemented yet"
+    import torch
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return ("no CUDA device; set TRITON_INTERPRET=1 (before triton is imported) to run the kernels in the "
+                "Triton interpreter on CPU tensors")
+    import deltaconv_kernels.triton  # noqa: F401  (fails here, reported by the registry, if the kernels do not load)
+
+    return None
+
+
+def pyramid_forward(u, weights, scales, sigmoid_gate, gate_scale):
+    from deltaconv_kernels.triton import pyramid_forward as forward
+
+    return forward(u, weights, scales, sigmoid_gate, gate_scale)
+
+
+def pyramid_backward(grad_out, u, weights, scales, sigmoid_gate, gate_scale):
+    from deltaconv_kernels.triton import pyramid_backward as backward
+
+    return backward(grad_out, u, weights, scales, sigmoid_gate, gate_scale)
+
+
+def pooled_bias(x, weight, bias):
+    from deltaconv_kernels.triton import pooled_bias as bias_fn
+
+    return bias_fn(x, weight, bias)

@@ -1,0 +1,206 @@
+"""The `triton` backend against the reference: forward and every gradient, through the public ops (so the
+torch.library registration and autograd are exercised too).
+
+Runs under TRITON_INTERPRET=1 on CPU tensors (CI: a separate pytest invocation with that variable set, since
+it must be set before triton is imported), or on CUDA tensors with larger shapes when a GPU is present.
+"""
+
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deltaconv_kernels import DeltaConvBlock, ops, reference
+from deltaconv_kernels.testing import assert_close, random_like_grad, reference_inputs
+
+try:
+    import triton  # noqa: F401
+    _HAVE_TRITON = True
+except ImportError:
+    _HAVE_TRITON = False
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+CUDA = torch.cuda.is_available() and not INTERPRET
+if not _HAVE_TRITON:
+    pytest.skip("triton is not installed", allow_module_level=True)
+if not (INTERPRET or CUDA):
+    pytest.skip("no CUDA device and TRITON_INTERPRET != '1': run this file with TRITON_INTERPRET=1 in the "
+                "environment of the pytest process to test the kernels in the Triton interpreter",
+                allow_module_level=True)
+
+DEVICE = "cuda" if CUDA else "cpu"
+# Under the interpreter every op of every program is numpy code: shapes stay tiny, the K=13 cases few.
+# (b, h, w, ci, k, scales, gate)
+CASES_INTERPRET = [
+    (2, 7, 9, 6, 3, (1.0, 0.5), "scaled"),
+    (1, 8, 9, 6, 3, (1.0, 0.5, 0.25), "sigmoid"),
+    (1, 6, 4, 8, 13, (1.0, 0.5), "sigmoid"),
+    (1, 5, 11, 4, 13, (1.0,), "scaled"),
+]
+CASES_CUDA = [
+    (1, 37, 29, 40, 3, (1.0, 0.5), "scaled"),
+    (2, 33, 45, 72, 13, (1.0, 0.5, 0.25), "sigmoid"),
+    (1, 64, 64, 96, 13, (1.0, 0.5), "sigmoid"),
+    (2, 17, 23, 10, 31, (1.0, 0.5), "scaled"),
+    (3, 16, 16, 160, 5, (1.0, 0.5, 0.25), "scaled"),
+]
+CASES = CASES_CUDA if CUDA else CASES_INTERPRET
+
+
+def _inputs(b, h, w, ci, k, n_stages, dtype, strided_u=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if strided_u:  # a channel slice of a wider tensor: non-contiguous pixels, channels still unit-stride
+        u = torch.randn(b, h, w, ci + 5, generator=g)[..., 2:2 + ci]
+    else:
+        u = torch.randn(b, h, w, ci, generator=g)
+    weights = [torch.randn(k, k, ci, generator=g) * (1.5 / k) for _ in range(n_stages)]
+    u = u.to(DEVICE, dtype).requires_grad_()
+    return u, [wt.to(DEVICE, dtype).requires_grad_() for wt in weights]
+
+
+def _check_pyramid(case, dtype, strided_u=False):
+    b, h, w, ci, k, scales, gate = case
+    u, weights = _inputs(b, h, w, ci, k, len(scales), dtype, strided_u)
+    out = ops.pyramid(u, weights, scales, gate, backend="triton")
+    grad = random_like_grad(out)  # a strided channel slice, like the gradient of a torch.cat
+    grads = torch.autograd.grad(out, [u, *weights], grad)
+    ur, *wr = reference_inputs(u, *weights)
+    ref = reference.pyramid(ur, wr, scales, gate)
+    ref_grads = torch.autograd.grad(ref, [ur, *wr], grad.to(torch.float64))
+    assert out.dtype == dtype and out.is_contiguous()
+    assert_close(out, ref, dtype, "pyramid output")
+    assert_close(grads[0], ref_grads[0], dtype, "grad_u")
+    for i, (gw, rw) in enumerate(zip(grads[1:], ref_grads[1:])):
+        assert gw.dtype == dtype
+        assert_close(gw, rw, dtype, f"grad of weights[{i}]")
+
+
+def test_probe_reports_available():
+    info = ops.available_backends()["triton"]
+    assert info.available, info.reason
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}-{c[1]}x{c[2]}-ci{c[3]}-k{c[4]}-s{len(c[5])}-{c[6]}")
+def test_pyramid_fp32(case):
+    _check_pyramid(case, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES[:2], ids=lambda c: f"b{c[0]}-{c[1]}x{c[2]}-k{c[4]}-s{len(c[5])}-{c[6]}")
+def test_pyramid_half_precision(case, dtype):
+    # The interpreter does bf16 (numpy has no bf16; triton stores it as raw bits and converts), so no skip.
+    _check_pyramid(case, dtype)
+
+
+def test_pyramid_k13_fp16():
+    _check_pyramid((1, 6, 4, 4, 13, (1.0, 0.5), "scaled") if INTERPRET else CASES_CUDA[2], torch.float16)
+
+
+def test_pyramid_strided_u():
+    _check_pyramid((1, 5, 7, 6, 3, (1.0, 0.5), "scaled") if INTERPRET else CASES_CUDA[0], torch.float32,
+                   strided_u=True)
+
+
+def test_backward_is_deterministic():
+    b, h, w, ci, k, scales, gate = CASES[0]
+    u, weights = _inputs(b, h, w, ci, k, len(scales), torch.float16)
+    out = ops.pyramid(u, weights, scales, gate, backend="triton")
+    grad = random_like_grad(out)
+    first = torch.autograd.grad(out, [u, *weights], grad, retain_graph=True)
+    second = torch.autograd.grad(out, [u, *weights], grad)
+    for a, c in zip(first, second):
+        assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_pooled_bias(dtype):
+    g = torch.Generator().manual_seed(3)
+    b, h, w, c = (2, 5, 7, 12) if INTERPRET else (2, 61, 67, 1152)
+    # A [B, N, C] token view of a wider tensor, seen as [B, H, W, C]: strided pixels.
+    x = torch.randn(b, h * w, c + 4, generator=g)[..., :c].unflatten(1, (h, w)).to(DEVICE, dtype).requires_grad_()
+    weight = (torch.randn(c, c, generator=g) / c ** 0.5).to(DEVICE, dtype).requires_grad_()
+    bias = torch.randn(c, generator=g).to(DEVICE, dtype).requires_grad_()
+    out = ops.pooled_bias(x, weight, bias, backend="triton")
+    xr, wr, br = reference_inputs(x, weight, bias)
+    ref = reference.pooled_bias(xr, wr, br)
+    assert out.dtype == dtype
+    assert_close(out, ref, dtype, "pooled bias")
+    grad = torch.randn(out.shape, generator=g).to(DEVICE, dtype)
+    grads = torch.autograd.grad(out, [x, weight, bias], grad)
+    ref_grads = torch.autograd.grad(ref, [xr, wr, br], grad.to(torch.float64))
+    for name, a, r in zip(("x", "weight", "bias"), grads, ref_grads):
+        assert_close(a, r, dtype, f"pooled-bias grad {name}")
+
+
+def _block_pair(dim, k, scales, gate, dtype):
+    torch.manual_seed(5)
+    fast = DeltaConvBlock(dim, kernel_size=k, scales=scales, gate=gate, backend="triton").to(DEVICE, dtype)
+    ref = DeltaConvBlock(dim, kernel_size=k, scales=scales, gate=gate, backend="torch").to(DEVICE, torch.float64)
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref
+
+
+def test_block_token_view_matches_torch_backend():
+    b, h, w, dim = (1, 7, 5, 12) if INTERPRET else (2, 33, 31, 256)
+    fast, ref = _block_pair(dim, 3, (1.0, 0.5), "sigmoid", torch.float32)
+    x = torch.randn(b, h * w, dim, device=DEVICE, requires_grad=True)
+    y = fast(x, size=(h, w))
+    (xr,) = reference_inputs(x)
+    yr = ref(xr, size=(h, w))
+    assert y.shape == x.shape
+    assert_close(y, yr, torch.float32, "block output")
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    yr.backward(grad.double())
+    assert_close(x.grad, xr.grad, torch.float32, "block grad x")
+    for (name, p), pr in zip(fast.named_parameters(), ref.parameters()):
+        assert_close(p.grad, pr.grad, torch.float32, f"block grad {name}")
+
+
+def test_compile_fullgraph():
+    # aot_eager traces the whole block (dynamo + the ops' fake kernels + autograd) without inductor's C++
+    # compile, which would take minutes on a 2-core CI machine; on CUDA the default inductor backend runs.
+    b, h, w, dim = (1, 5, 6, 8) if INTERPRET else (2, 32, 32, 128)
+    fast, _ = _block_pair(dim, 3, (1.0, 0.5), "scaled", torch.float32)
+    x = torch.randn(b, h, w, dim, device=DEVICE, requires_grad=True)
+    compiled = torch.compile(fast, fullgraph=True, backend="aot_eager" if INTERPRET else "inductor")
+    y = compiled(x)
+    y_eager = fast(x)
+    assert_close(y, y_eager.detach(), torch.float32, "compiled block output")
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_rejects_float64():
+    u = torch.randn(1, 4, 4, 4, dtype=torch.float64, device=DEVICE)
+    w = torch.randn(3, 3, 4, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(TypeError, match="u: the triton backend takes"):
+        ops.pyramid(u, [w], (1.0,), backend="triton")
+
+
+@pytest.mark.skipif(not CUDA, reason="a map with B*H*W*C > 2^31 elements needs a GPU with ~20 GB free")
+def test_int64_offsets_16k_map():
+    # 1 x 2048 x 2048 x 576 = 2.4e9 elements > 2^31: the last rows are only right with 64-bit offsets.
+    h = w = 2048
+    ci = 576
+    g = torch.Generator(device="cuda").manual_seed(0)
+    u = torch.randn(1, h, w, ci, device="cuda", dtype=torch.float16, generator=g)
+    weights = [torch.randn(5, 5, ci, device="cuda", dtype=torch.float16, generator=g) * 0.3 for _ in range(2)]
+    out = ops.pyramid(u, weights, (1.0, 0.5), "sigmoid", backend="triton")
+    pooled_bias = ops.pooled_bias(u, torch.eye(ci, device="cuda", dtype=torch.float16),
+                                  torch.zeros(ci, device="cuda", dtype=torch.float16), backend="triton")
+    assert_close(pooled_bias, u.float().mean(dim=(1, 2)).half(), torch.float16, "16K mean")
+    # Stage 0 (s=1) on the last 16 rows only needs the last 18 rows of u.
+    crop = u[:, -18:].double()
+    ref = reference.pyramid_stage(crop, weights[0].double(), 1.0, "sigmoid", reference.default_gate_scale(ci))
+    assert_close(out[:, -14:, :, :ci // 2], ref[:, -14:], torch.float16, "last rows of a 16K map")
+
+
+@settings(max_examples=3, deadline=None, derandomize=True)
+@given(h=st.integers(2, 7), w=st.integers(2, 7), half=st.integers(1, 3), k=st.sampled_from([1, 3, 5]),
+       scales=st.sampled_from([(1.0,), (0.5,), (1.0, 0.6)]), gate=st.sampled_from(["scaled", "sigmoid"]))
+def test_pyramid_fuzzed_shapes(h, w, half, k, scales, gate):
+    # Odd ratios (0.6) and maps smaller than K reach window / tap edge cases a fixed list misses.
+    _check_pyramid((1, h, w, 2 * half, k, scales, gate), torch.float32)
