@@ -16,9 +16,10 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q torch==2.13.0
 fi
 echo "[dev.sh] using $("$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)')"
-# Runtime and test dependencies (none of them pulls another torch once one is installed).
+# Runtime and test dependencies (none of them pulls another torch once one is installed). transformers is
+# there because diffusers' pipeline classes import it (the end-to-end pipeline tests need it).
 "$PY" -m pip install -q triton diffusers safetensors accelerate tqdm matplotlib numpy \
-  pytest pytest-benchmark hypothesis scikit-learn ruff
+  transformers pytest pytest-benchmark hypothesis scikit-learn ruff
 # Build the package and its C++ extension against the torch above (no isolated build env: no second torch).
 "$PY" -m pip install -q --no-build-isolation .
 

@@ -1,0 +1,36 @@
+"""ΔConvBlocks in diffusers models and pipelines (DESIGN §5, §8): the public API.
+
+    report = convert(pipe)                  # every self-attention attn1 -> DeltaConvAttention (released K, gate)
+    print(report)                           # table: layer, level, H/W, C, K, gate
+    save(pipe, "out/"); load(fresh_pipe, "out/")
+    import_released(pipe, "released_ckpt.safetensors")   # ΔConvFusion's released weights
+    convert(unet, keep_attention=True); set_mode(unet, "distill")   # distillation hooks
+
+Supported denoisers: UNet2DConditionModel (SD1.5 / SDXL layouts, any other with kernel_sizes given),
+PixArtTransformer2DModel (α, Σ) and DiTTransformer2DModel, or any pipeline holding one as `unet`/`transformer`.
+"""
+
+from deltaconv_kernels.integrations.diffusers_attention import MODES, DeltaConvAttention, SpatialSize
+from deltaconv_kernels.integrations.diffusers_checkpoint import CheckpointError, load, save
+from deltaconv_kernels.integrations.diffusers_convert import (
+    ConversionReport,
+    LayerReport,
+    convert,
+    deltaconv_parameters,
+    iter_deltaconv_modules,
+    set_mode,
+)
+from deltaconv_kernels.integrations.diffusers_models import (
+    RELEASED_TRANSFORMER,
+    RELEASED_UNET,
+    SUPPORTED,
+    fingerprint,
+    resolve_denoiser,
+)
+from deltaconv_kernels.integrations.diffusers_released import import_released
+
+__all__ = [
+    "MODES", "RELEASED_TRANSFORMER", "RELEASED_UNET", "SUPPORTED", "CheckpointError", "ConversionReport",
+    "DeltaConvAttention", "LayerReport", "SpatialSize", "convert", "deltaconv_parameters", "fingerprint",
+    "import_released", "iter_deltaconv_modules", "load", "resolve_denoiser", "save", "set_mode",
+]

@@ -1,0 +1,179 @@
+"""`save` / `load` of the ΔConvBlock weights of a converted diffusers model: `deltaconv.safetensors` (keys
+`<layer name>.<block parameter>`, e.g. `...attn1.stages.0.weight`) plus `deltaconv.json` (kernel size, gate and
+gate scale per layer, scales, inter_ratio, base-model fingerprint). Loading is strict: it names every mismatch."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from deltaconv_kernels.integrations import diffusers_models as dm
+from deltaconv_kernels.integrations.diffusers_attention import DeltaConvAttention
+from deltaconv_kernels.integrations.diffusers_convert import ConversionReport, convert, converted_layers
+from deltaconv_kernels.modules import DeltaConvBlock
+
+WEIGHTS_NAME = "deltaconv.safetensors"
+CONFIG_NAME = "deltaconv.json"
+FORMAT = "deltaconv_kernels.diffusers"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not match the model it is loaded into (or is malformed)."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temp file in the same directory, then os.replace: readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _layer_config(module) -> dict:
+    b = module.block
+    return {"dim": b.dim, "kernel_size": b.kernel_size, "gate": b.gate, "gate_scale": b.gate_scale}
+
+
+def save(model_or_pipeline, path) -> Path:
+    """Write the ΔConvBlock weights and config of a converted model into directory `path` (created if needed)."""
+    model = dm.resolve_denoiser(model_or_pipeline)
+    layers = converted_layers(model)
+    blocks = [m.block for m in layers.values()]
+    first = blocks[0]
+    tensors = {}
+    for name, module in layers.items():
+        for key, t in module.block.state_dict().items():
+            if t.is_meta:
+                raise ValueError(f"{name}.{key} is on the meta device: there are no weights to save")
+            tensors[f"{name}.{key}"] = t.detach().to("cpu").contiguous().clone()
+    config = {
+        "format": FORMAT, "version": VERSION, "fingerprint": dm.fingerprint(model),
+        "scales": list(first.scales), "inter_ratio": first.inter_ratio,
+        "layers": {name: _layer_config(m) for name, m in layers.items()},
+    }
+    if any(b.scales != first.scales or b.inter_ratio != first.inter_ratio for b in blocks):
+        raise ValueError("all converted layers must share scales and inter_ratio to be saved together")
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=1)))
+    return out
+
+
+def read_config(path) -> dict:
+    file = Path(path) / CONFIG_NAME
+    if not file.is_file():
+        raise CheckpointError(f"no {CONFIG_NAME} in {path}: not a deltaconv checkpoint directory")
+    config = json.loads(file.read_text())
+    if config.get("format") != FORMAT or config.get("version") != VERSION:
+        raise CheckpointError(f"{file}: format {config.get('format')!r} version {config.get('version')!r}, "
+                              f"expected {FORMAT!r} version {VERSION}")
+    return config
+
+
+def _check_architecture(model, config: dict) -> None:
+    have, want = dm.fingerprint(model), config["fingerprint"]
+    if have != want:
+        raise CheckpointError(f"checkpoint is from another architecture: it was saved from {want['class']} with "
+                              f"config hash {want['config_sha256'][:12]}, this model is {have['class']} with "
+                              f"{have['config_sha256'][:12]} (entries {dm.ARCHITECTURE_KEYS[have['class']]})")
+
+
+def _check_layer_names(expected, found, what: str) -> None:
+    missing = [n for n in expected if n not in found]
+    extra = [n for n in found if n not in expected]
+    if missing:
+        raise CheckpointError(f"{what} lacks {len(missing)} layers of the model, e.g. {missing[:3]}")
+    if extra:
+        raise CheckpointError(f"{what} has {len(extra)} layers the model does not have, e.g. {extra[:3]}")
+
+
+def _check_converted(layers: dict, config: dict) -> None:
+    """An already converted model must have been converted exactly as the checkpoint says."""
+    for name, module in layers.items():
+        want, have = config["layers"][name], _layer_config(module)
+        same_scale = math.isclose(want["gate_scale"], have["gate_scale"], rel_tol=1e-12)
+        if {**want, "gate_scale": 0} != {**have, "gate_scale": 0} or not same_scale:
+            raise CheckpointError(f"{name}: model layer {have} differs from checkpoint {want}")
+        b = module.block
+        if list(b.scales) != config["scales"] or b.inter_ratio != config["inter_ratio"]:
+            raise CheckpointError(f"{name}: scales/inter_ratio {b.scales}/{b.inter_ratio} differ from checkpoint "
+                                  f"{config['scales']}/{config['inter_ratio']}")
+
+
+def expected_shapes(layer_configs: dict, scales, inter_ratio) -> dict[str, tuple[int, ...]]:
+    """`<layer>.<param>` -> shape for blocks with these configs (built on the meta device: no memory)."""
+    shapes = {}
+    for name, c in layer_configs.items():
+        block = DeltaConvBlock(c["dim"], c["kernel_size"], tuple(scales), inter_ratio, c["gate"], device="meta")
+        shapes.update({f"{name}.{k}": tuple(t.shape) for k, t in block.state_dict().items()})
+    return shapes
+
+
+def check_tensors(shapes: dict, tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Exactly the expected keys with the expected shapes, else a CheckpointError naming the first differences."""
+    missing = sorted(set(shapes) - set(tensors))
+    extra = sorted(set(tensors) - set(shapes))
+    if missing:
+        raise CheckpointError(f"{what} lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    if extra:
+        raise CheckpointError(f"{what} has {len(extra)} unexpected tensors, e.g. {extra[:3]}")
+    for key, shape in shapes.items():
+        if tuple(tensors[key].shape) != shape:
+            raise CheckpointError(f"{what}: {key} has shape {tuple(tensors[key].shape)}, the model expects {shape}")
+
+
+def copy_block_weights(layers: dict, tensors: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, module in layers.items():
+            for key, target in module.block.state_dict(keep_vars=True).items():
+                target.copy_(tensors[f"{name}.{key}"])
+
+
+def load(model_or_pipeline, path, keep_attention: bool = False, backend: str | None = None) -> ConversionReport | None:
+    """Restore a `save`d checkpoint: converts `model_or_pipeline` as recorded (or checks that an already converted
+    model matches), then loads the weights. Every check runs before the model is touched. Returns the
+    ConversionReport when it converted, else None."""
+    model = dm.resolve_denoiser(model_or_pipeline)
+    config = read_config(path)
+    _check_architecture(model, config)
+    weights = Path(path) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"no {WEIGHTS_NAME} in {path}")
+    tensors = load_file(str(weights))
+    per_layer = config["layers"]
+    _check_layer_names([s.name for s in dm.find_sites(model)], list(per_layer), f"checkpoint {path}")
+    what = f"checkpoint {weights}"
+    check_tensors(expected_shapes(per_layer, config["scales"], config["inter_ratio"]), tensors, what)
+    if _is_converted(model):
+        layers = converted_layers(model)
+        _check_converted(layers, config)
+        copy_block_weights(layers, tensors)
+        return None
+    gates = {c["gate"] for c in per_layer.values()}
+    if len(gates) != 1:
+        raise CheckpointError(f"checkpoint mixes gates {sorted(gates)}: convert the model yourself, then load")
+    report = convert(model, {n: c["kernel_size"] for n, c in per_layer.items()}, gate=gates.pop(),
+                     scales=tuple(config["scales"]), inter_ratio=config["inter_ratio"],
+                     keep_attention=keep_attention, backend=backend)
+    layers = converted_layers(model)
+    for name, module in layers.items():  # restore the recorded gate scale exactly (it may be a custom one)
+        module.block.gate_scale = float(per_layer[name]["gate_scale"])
+    copy_block_weights(layers, tensors)
+    return report
+
+
+def _is_converted(model) -> bool:
+    return any(isinstance(m, DeltaConvAttention) for m in model.modules())

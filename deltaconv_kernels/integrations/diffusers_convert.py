@@ -1,0 +1,166 @@
+"""`convert`: swap every self-attention `attn1` of a diffusers denoiser for a `DeltaConvAttention`, plus the
+report and the helpers that walk converted models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from deltaconv_kernels import validation
+from deltaconv_kernels.integrations import diffusers_models as dm
+from deltaconv_kernels.integrations.diffusers_attention import MODES, DeltaConvAttention, attach_size_hook
+from deltaconv_kernels.modules import DeltaConvBlock
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    name: str           # attn1 path relative to the denoiser; the key of a kernel_sizes dict
+    level: str          # "down.1", "mid", "up.2", "blocks"
+    factor: int         # token map = latent H/factor x W/factor
+    sample_hw: tuple[int, int] | None  # token map at the model's config sample_size (None if it has none)
+    channels: int
+    kernel_size: int
+    gate: str
+
+
+@dataclass
+class ConversionReport:
+    model_class: str
+    preset: str | None  # released setting used for defaults, None when every K was given
+    scales: tuple[float, ...]
+    inter_ratio: float
+    layers: list[LayerReport] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def kernel_sizes(self) -> dict[str, int]:
+        """{layer_name: K}: a valid `kernel_sizes` argument for `convert` on the same architecture."""
+        return {r.name: r.kernel_size for r in self.layers}
+
+    def __str__(self) -> str:
+        header = ("layer", "level", "H/W", "C", "K", "gate")
+        rows = [(r.name, r.level, f"1/{r.factor}" + (f" ({r.sample_hw[0]}x{r.sample_hw[1]})" if r.sample_hw else ""),
+                 str(r.channels), str(r.kernel_size), r.gate) for r in self.layers]
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+        lines = [f"{self.model_class}: {len(self.layers)} self-attention layers -> ΔConvBlock "
+                 f"(preset={self.preset}, scales={self.scales}, inter_ratio={self.inter_ratio})"]
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+        lines.append("  ".join("-" * w for w in widths))
+        lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+        return "\n".join(lines)
+
+
+def _sample_hw(model: nn.Module, factor: int) -> tuple[int, int] | None:
+    # U-Net strided convs round up (ceil); patch embedding rounds down.
+    s = model.config.get("sample_size")
+    if s is None:
+        return None
+    h, w = (s, s) if isinstance(s, int) else tuple(s)
+    if isinstance(model, dm.UNet2DConditionModel):
+        return -(-h // factor), -(-w // factor)
+    return h // factor, w // factor
+
+
+def _kernel_sizes(model, sites, kernel_sizes) -> tuple[dict[str, int], str | None]:
+    names = [s.name for s in sites]
+    if isinstance(kernel_sizes, str):
+        if kernel_sizes != "released":
+            raise ValueError(f"kernel_sizes must be 'released', an int or a {{layer_name: K}} dict, "
+                             f"got {kernel_sizes!r}")
+        preset = dm.released_preset(model)
+        sizes = {s.name: dm.released_kernel_size(model, s) for s in sites}
+        missing = [n for n, k in sizes.items() if k is None]
+        if missing:  # a level the released table says has no attention, yet this model has
+            raise ValueError(f"released preset {preset!r} has no kernel size for {missing}")
+        return sizes, preset
+    if isinstance(kernel_sizes, dict):
+        unknown = sorted(set(kernel_sizes) - set(names))
+        missing = [n for n in names if n not in kernel_sizes]
+        if unknown or missing:
+            raise ValueError(f"kernel_sizes dict must name exactly the model's self-attention layers: unknown "
+                             f"{unknown[:5]}{'...' if len(unknown) > 5 else ''}, missing {missing[:5]}"
+                             f"{'...' if len(missing) > 5 else ''} (layer names look like {names[0]!r})")
+        return {n: validation.check_kernel_size(kernel_sizes[n], f"kernel_sizes[{n!r}]") for n in names}, None
+    k = validation.check_kernel_size(kernel_sizes, "kernel_sizes")
+    return {n: k for n in names}, None
+
+
+def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None, scales=(1.0, 0.5),
+            inter_ratio: float = 0.5, keep_attention: bool = False, backend: str | None = None,
+            gate_scale: float | None = None) -> ConversionReport:
+    """Replace every self-attention `attn1` of `BasicTransformerBlock`s (never `attn2`) with `DeltaConvAttention`.
+
+    Args:
+        model_or_pipeline: `UNet2DConditionModel`, `PixArtTransformer2DModel`, `DiTTransformer2DModel`, or a
+            pipeline holding one as `unet` / `transformer`. Converted in place; new blocks take the dtype and
+            device of the attention they replace (meta included).
+        kernel_sizes: "released" (DESIGN §1 per-level sizes), one odd int for all layers, or a dict naming
+            exactly the layers `convert` reports (`report.kernel_sizes()`).
+        gate: "scaled" | "sigmoid"; None takes the released gate (U-Nets scaled, PixArt/DiT sigmoid).
+        keep_attention: keep the original attention as `.attention` (needed for modes "teacher"/"distill").
+    """
+    model = dm.resolve_denoiser(model_or_pipeline)
+    if any(isinstance(m, DeltaConvAttention) for m in model.modules()):
+        raise ValueError(f"{type(model).__name__} is already converted (it has DeltaConvAttention layers)")
+    sites = dm.find_sites(model)
+    sizes, preset = _kernel_sizes(model, sites, kernel_sizes)
+    gate = validation.check_gate(gate if gate is not None else dm.released_gate(model))
+    scales = validation.check_scales(scales)
+    report = ConversionReport(type(model).__name__, preset, scales, inter_ratio)
+    blocks = {}
+    for site in sites:  # build every block first, so a bad argument leaves the model untouched
+        attn = site.block.attn1
+        ref = attn.to_q.weight
+        dim = attn.to_q.in_features
+        blocks[site.name] = DeltaConvBlock(dim, sizes[site.name], scales, inter_ratio, gate, gate_scale, backend,
+                                           device=ref.device, dtype=ref.dtype)
+    for site in sites:
+        attn = site.block.attn1
+        source = site.name.rsplit(".transformer_blocks.", 1)[0] if site.patch == 1 else type(model).__name__
+        size = attach_size_hook(site.owner, site.patch, source)
+        site.block.attn1 = DeltaConvAttention(blocks[site.name], size, site.name,
+                                              attention=attn if keep_attention else None)
+        report.layers.append(LayerReport(site.name, site.level, site.factor, _sample_hw(model, site.factor),
+                                         blocks[site.name].dim, sizes[site.name], gate))
+    return report
+
+
+def iter_deltaconv_modules(model_or_pipeline):
+    """(layer name, DeltaConvAttention) pairs of a converted model, names relative to the denoiser."""
+    model = dm.resolve_denoiser(model_or_pipeline)
+    for name, module in model.named_modules():
+        if isinstance(module, DeltaConvAttention):
+            yield name, module
+
+
+def converted_layers(model_or_pipeline) -> dict[str, DeltaConvAttention]:
+    layers = dict(iter_deltaconv_modules(model_or_pipeline))
+    if not layers:
+        model = dm.resolve_denoiser(model_or_pipeline)
+        raise ValueError(f"{type(model).__name__} is not converted: it has no DeltaConvAttention layers "
+                         "(call convert first)")
+    return layers
+
+
+def set_mode(model_or_pipeline, mode: str) -> None:
+    """Set `.mode` ("student" | "teacher" | "distill") on every converted layer; checks all before changing any."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    layers = converted_layers(model_or_pipeline)
+    if mode != "student":
+        without = [n for n, m in layers.items() if m.attention is None]
+        if without:
+            raise ValueError(f"mode {mode!r} needs the original attention, but {len(without)} layers did not keep "
+                             f"it (e.g. {without[0]}): convert with keep_attention=True")
+    for module in layers.values():
+        module.mode = mode
+
+
+def deltaconv_parameters(model_or_pipeline):
+    """The parameters of the ΔConvBlocks only (not the kept attention, not the rest of the model)."""
+    return [p for _, m in iter_deltaconv_modules(model_or_pipeline) for p in m.block.parameters()]
