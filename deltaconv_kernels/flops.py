@@ -1,0 +1,232 @@
+"""Analytic FLOPs of ΔConvBlock and the attention baselines, in the paper's convention (DESIGN §7):
+
+- a multiply-add is 2 FLOPs (GEMMs, attention matmuls, convolutions);
+- bias adds count (1 FLOP per output element);
+- softmax, scaling, normalisation, activations, gating, pooling, interpolation and other elementwise ops do not;
+- batch 2 by default (classifier-free guidance): self-attention is `2 * (4 N^2 C + 8 N C^2 + 4 N C)`.
+
+Every count is a `Flops` breakdown (linear / attention / conv / bias) so that the parts
+`torch.utils.flop_counter.FlopCounterMode` can see are checked separately (tests/test_flops.py).
+`python -m deltaconv_kernels.flops` prints the paper's Table 1 next to ours. Stands on its own: imports nothing
+from the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, fields
+
+METHODS = ("deltaconv", "sdpa", "neighborhood", "ditfastattn", "linfusion", "mediator")
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """A self-attention layer of a model: its channels, heads, how many image pixels one token spans per side
+    (VAE /8, times the patch size for DiTs), and the ΔConvBlock kernel size of that layer."""
+
+    name: str
+    channels: int
+    heads: int
+    pixels_per_token: int
+    kernel_size: int
+
+    def tokens(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (h, w) for an image of height x width pixels."""
+        h, w = height // self.pixels_per_token, width // self.pixels_per_token
+        if h < 1 or w < 1:
+            raise ValueError(f"an image of {height}x{width} px has no {self.name} tokens "
+                             f"(one token spans {self.pixels_per_token} px)")
+        return h, w
+
+
+# PixArt-Σ: C = 1152, 16 heads, patch 2 on the /8 latent, K = 13 in all 28 blocks.
+PIXART = LayerShape("pixart", 1152, 16, 16, 13)
+# SD1.5's first attention level (down block 0): C = 320 at /8, 8 heads, K = 7 (DESIGN §1 kernel sizes).
+SD15 = LayerShape("sd15", 320, 8, 8, 7)
+# SDXL's first attention level (down block 1): C = 640 at /16, 10 heads of 64, K = 9.
+SDXL = LayerShape("sdxl", 640, 10, 16, 9)
+LAYER_SHAPES = {s.name: s for s in (PIXART, SD15, SDXL)}
+
+
+@dataclass(frozen=True)
+class Flops:
+    linear: float = 0.0     # projections (GEMMs over tokens), incl. the pooled-bias GEMM
+    attention: float = 0.0  # token-token matmuls (QK^T, AV and their windowed / linear / mediator forms)
+    conv: float = 0.0       # depthwise convolutions
+    bias: float = 0.0       # bias adds
+
+    @property
+    def total(self) -> float:
+        return self.linear + self.attention + self.conv + self.bias
+
+    def __add__(self, other: Flops) -> Flops:
+        return Flops(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def __mul__(self, k: float) -> Flops:
+        return Flops(*(getattr(self, f.name) * k for f in fields(self)))
+
+    __rmul__ = __mul__
+
+
+def _projections(n: int, c: int, count: int = 4, bias: bool = True) -> Flops:
+    """`count` C -> C linear layers over n tokens."""
+    return Flops(linear=count * 2 * n * c * c, bias=count * n * c if bias else 0)
+
+
+def sdpa(h: int, w: int, c: int, batch: int = 2) -> Flops:
+    """Full self-attention: q, k, v, out projections + QK^T and AV (2 N^2 C each)."""
+    n = h * w
+    return (_projections(n, c) + Flops(attention=4 * n * n * c)) * batch
+
+
+def window_keys(length: int, kernel_size: int) -> int:
+    """Keys per query along one axis of a neighborhood window (shifted inward at borders): min(K, L)."""
+    return min(kernel_size, length)
+
+
+def neighborhood(h: int, w: int, c: int, kernel_size: int, batch: int = 2) -> Flops:
+    """Neighborhood attention: each query attends to min(K,H) x min(K,W) keys."""
+    n = h * w
+    keys = window_keys(h, kernel_size) * window_keys(w, kernel_size)
+    return (_projections(n, c) + Flops(attention=4 * n * keys * c)) * batch
+
+
+def band_pairs(n: int, half_width: int) -> int:
+    """Number of (query, key) pairs with |i - j| <= half_width among n tokens (the 1-D window)."""
+    w = min(half_width, n - 1)
+    return n * (2 * w + 1) - w * (w + 1)
+
+
+def ditfastattn(h: int, w: int, c: int, modes=None, window: float | int = 0.125, cfg_share=None,
+                batch: int = 2) -> Flops:
+    """Mean per-step FLOPs of DiTFastAttn-style attention over a schedule of modes (see baselines.ditfastattn):
+    "full" = full attention + the window pass for the residual, "window_residual" = projections + window
+    attention, "share_timestep" = nothing. CFG sharing halves the batch of that step. Default schedule:
+    20 steps with a full step every 5 (`DiTFastAttnSchedule.periodic(20, 5)`)."""
+    n = h * w
+    modes = list(modes) if modes is not None else ["full" if i % 5 == 0 else "window_residual" for i in range(20)]
+    cfg_share = list(cfg_share) if cfg_share is not None else [False] * len(modes)
+    half = window if isinstance(window, int) else math.ceil(float(window) * n)
+    win = Flops(attention=4 * band_pairs(n, half) * c)
+    per_mode = {
+        "full": _projections(n, c) + Flops(attention=4 * n * n * c) + win,
+        "window_residual": _projections(n, c) + win,
+        "share_timestep": Flops(),
+    }
+    total = Flops()
+    for mode, share in zip(modes, cfg_share):
+        total = total + per_mode[mode] * (batch // 2 if share else batch)
+    return total * (1 / len(modes))
+
+
+def linfusion(h: int, w: int, c: int, heads: int, batch: int = 2) -> Flops:
+    """Generalized linear attention: 4 projections + φ_q, φ_k (two C x C linears each); k'^T v and q'·state
+    (2 N C d each) and the normaliser q'·mean(k') (2 N C)."""
+    n = h * w
+    d = c // heads
+    return (_projections(n, c, count=8) + Flops(attention=4 * n * c * d + 2 * n * c)) * batch
+
+
+def mediator(h: int, w: int, c: int, mediators: int = 64, batch: int = 2) -> Flops:
+    """Mediator attention: projections, T K^T, (.)V, Q T^T, (.)V_T (2 N m C each), a 3x3 depthwise conv of V
+    with bias."""
+    n = h * w
+    return (_projections(n, c) + Flops(attention=8 * n * mediators * c, conv=2 * 9 * n * c, bias=n * c)) * batch
+
+
+def deltaconv(h: int, w: int, c: int, kernel_size: int, scales=(1.0, 0.5), inter_ratio: float = 0.5,
+              batch: int = 2) -> Flops:
+    """ΔConvBlock (DESIGN §1): proj_in (C -> Ci), per stage a K x K depthwise conv over Ci channels at the
+    pooled size int(H s) x int(W s), proj_out (Ci/2 * S -> C), and the pooled-bias C x C GEMM once per sample."""
+    n = h * w
+    ci = int(c * inter_ratio)
+    cat = ci // 2 * len(scales)
+    conv = sum(2 * kernel_size * kernel_size * int(h * s) * int(w * s) * ci for s in scales)
+    per_sample = Flops(linear=2 * n * c * ci + 2 * n * cat * c + 2 * c * c, conv=conv, bias=n * ci + n * c + c)
+    return per_sample * batch
+
+
+def method_flops(method: str, shape: LayerShape, height: int, width: int, batch: int = 2,
+                 ditfastattn_modes=None) -> Flops:
+    """FLOPs of `method` at an image of height x width pixels for `shape` with the baselines' defaults
+    (neighborhood window = the layer's ΔConvBlock K, 64 mediators, DiTFastAttn averaged over `ditfastattn_modes`,
+    default its 20-step periodic schedule)."""
+    h, w = shape.tokens(height, width)
+    c = shape.channels
+    if method == "deltaconv":
+        return deltaconv(h, w, c, shape.kernel_size, batch=batch)
+    if method == "sdpa":
+        return sdpa(h, w, c, batch)
+    if method == "neighborhood":
+        return neighborhood(h, w, c, shape.kernel_size, batch)
+    if method == "ditfastattn":
+        return ditfastattn(h, w, c, modes=ditfastattn_modes, batch=batch)
+    if method == "linfusion":
+        return linfusion(h, w, c, shape.heads, batch)
+    if method == "mediator":
+        return mediator(h, w, c, batch=batch)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+# ---- the paper's Table 1 ("Mean FLOPs (G)") -------------------------------------------------------------------
+PAPER_COLUMNS = ("512²", "1024²", "2K", "4K", "8K", "16K")
+# Image sizes of each column. The self-attention values fix them: PixArt's "2K" is 2048x2048, SD1.5's is
+# 2560x1440; 4K/8K/16K are 4096x2160, 7680x4320, 15360x8640. (The paper's other PixArt rows at "2K" are
+# consistent with 2560x1440 instead: their FLOPs per token are constant from 1024² up only with that size.)
+PAPER_RESOLUTIONS = {
+    "pixart": ((512, 512), (1024, 1024), (2048, 2048), (4096, 2160), (7680, 4320), (15360, 8640)),
+    "sd15": ((512, 512), (1024, 1024), (2560, 1440), (4096, 2160), (7680, 4320), (15360, 8640)),
+}
+PAPER_TABLE1 = {  # GFLOPs as printed in the paper
+    ("pixart", "sdpa"): (31.42, 241.63, 2821.94, 11741.69, 157546.49, 2487706.88),
+    ("pixart", "ditfastattn"): (30.41, 207.62, 2125.26, 8717.07, 115012.85, 1807168.71),
+    ("pixart", "linfusion"): (55.07, 220.29, 774.46, 1858.72, 6970.18, 27880.73),
+    ("pixart", "deltaconv"): (8.43, 34.86, 122.54, 294.10, 1102.85, 4411.40),
+    ("sd15", "sdpa"): (49.67, 714.08, 8587.98, 49149.21, 688821.39, 11010934.11),
+    ("sd15", "linfusion"): (17.03, 68.11, 239.43, 574.64, 2154.89, 8619.54),
+    ("sd15", "deltaconv"): (2.82, 12.56, 44.14, 105.94, 397.27, 1589.10),
+}
+PAPER_NAMES = {"sdpa": "Self-Attention", "ditfastattn": "DiTFastAttn", "linfusion": "LinFusion",
+               "deltaconv": "ConvFusion", "neighborhood": "Neighborhood", "mediator": "Mediator"}
+
+
+def table1_rows(batch: int = 2) -> list[dict]:
+    """One row per (model, method): our GFLOPs at the paper's column sizes, the paper's where it has them,
+    and paper / ours per column."""
+    rows = []
+    for model, sizes in PAPER_RESOLUTIONS.items():
+        shape = LAYER_SHAPES[model]
+        for method in METHODS:
+            ours = [method_flops(method, shape, hh, ww, batch).total / 1e9 for hh, ww in sizes]
+            paper = PAPER_TABLE1.get((model, method))
+            ratio = [p / o for p, o in zip(paper, ours)] if paper else None
+            rows.append({"model": model, "method": method, "ours": ours, "paper": paper, "paper_over_ours": ratio})
+    return rows
+
+
+def format_table1(batch: int = 2) -> str:
+    lines = [f"Analytic GFLOPs per self-attention layer, batch {batch} (paper convention: MAC = 2 FLOPs, bias adds "
+             "count, softmax and other elementwise ops do not)",
+             f"{'model':7s} {'method':14s} {'':6s} " + " ".join(f"{c:>13s}" for c in PAPER_COLUMNS)]
+    for row in table1_rows(batch):
+        head = f"{row['model']:7s} {PAPER_NAMES[row['method']]:14s}"
+        lines.append(f"{head} {'ours':6s} " + " ".join(f"{v:13,.2f}" for v in row["ours"]))
+        if row["paper"]:
+            lines.append(f"{'':22s} {'paper':6s} " + " ".join(f"{v:13,.2f}" for v in row["paper"]))
+            lines.append(f"{'':22s} {'p/ours':6s} " + " ".join(f"{v:13.4f}" for v in row["paper_over_ours"]))
+    lines.append("Sizes: " + "; ".join(f"{m}: " + ", ".join(f"{h}x{w}" for h, w in s)
+                                       for m, s in PAPER_RESOLUTIONS.items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Analytic FLOPs vs the paper's Table 1")
+    parser.add_argument("--batch", type=int, default=2, help="batch size (2 = classifier-free guidance)")
+    args = parser.parse_args(argv)
+    print(format_table1(args.batch))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
