@@ -1,0 +1,160 @@
+// CPU implementations of the deltaconv_C ops: argument checks, dtype handling and the calls into the
+// vectorised kernels (csrc/cpu/kernels.cpp). The GEMM of the pooled bias stays in ATen (oneDNN / MKL).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "deltaconv/build_info.h"
+#include "deltaconv/checks.h"
+#include "deltaconv/cpu_kernels.h"
+
+namespace deltaconv {
+namespace {
+
+cpu::DType to_kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cpu::DType::f32;
+    case at::kHalf: return cpu::DType::f16;
+    case at::kBFloat16: return cpu::DType::bf16;
+    case at::kDouble: return cpu::DType::f64;
+    default: TORCH_CHECK(false, "deltaconv cpu: unsupported dtype ", t);
+  }
+  return cpu::DType::f32;
+}
+
+cpu::View4 view4(const at::Tensor& t) {
+  cpu::View4 v;
+  v.data = t.data_ptr();
+  v.B = t.size(0); v.H = t.size(1); v.W = t.size(2); v.C = t.size(3);
+  v.sB = t.stride(0); v.sH = t.stride(1); v.sW = t.stride(2);
+  return v;
+}
+
+bool cpu_supports_build() {
+#if defined(__x86_64__) || defined(__i386__)
+  const int cap = cpu::compiled_capability();
+  if (cap >= 2) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  }
+  if (cap == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  return true;
+}
+
+void check_runnable() {
+  TORCH_CHECK(cpu_supports_build(), "deltaconv cpu: the C++ kernels were compiled for ", build_info(),
+              " but this CPU lacks that instruction set; rebuild on this machine (pip install --no-build-isolation .)");
+}
+
+struct PreparedStages {
+  std::vector<at::Tensor> weights;  // compute dtype, contiguous
+  std::vector<cpu::Stage> stages;
+};
+
+PreparedStages prepare_stages(const at::Tensor& u, at::TensorList weights, at::ArrayRef<double> scales,
+                              at::ScalarType acc) {
+  PreparedStages p;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    p.weights.push_back(weights[i].to(acc).contiguous());
+    cpu::Stage s;
+    s.scale = scales[i];
+    s.K = weights[i].size(0);
+    s.weight = p.weights.back().data_ptr();
+    p.stages.push_back(s);
+  }
+  return p;
+}
+
+at::Tensor pyramid_forward_cpu(const at::Tensor& u_in, at::TensorList weights, at::ArrayRef<double> scales,
+                               bool sigmoid_gate, double gate_scale) {
+  check_runnable();
+  check_pyramid_args(u_in, weights, scales, "cpu");
+  const at::Tensor u = unit_channel_stride(u_in);
+  const auto acc = compute_dtype(u.scalar_type());
+  PreparedStages p = prepare_stages(u, weights, scales, acc);
+  const int64_t S = static_cast<int64_t>(weights.size());
+  at::Tensor out = at::empty({u.size(0), u.size(1), u.size(2), u.size(3) / 2 * S}, u.options());
+  cpu::PyramidArgs a;
+  a.dtype = to_kernel_dtype(u.scalar_type());
+  a.u = view4(u);
+  a.out = view4(out);
+  a.stages = p.stages.data();
+  a.num_stages = S;
+  a.sigmoid_gate = sigmoid_gate;
+  a.gate_scale = gate_scale;
+  cpu::pyramid_forward(a);
+  return out;
+}
+
+std::vector<at::Tensor> pyramid_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& u_in,
+                                             at::TensorList weights, at::ArrayRef<double> scales, bool sigmoid_gate,
+                                             double gate_scale) {
+  check_runnable();
+  check_pyramid_args(u_in, weights, scales, "cpu");
+  check_grad_out(grad_out_in, u_in, static_cast<int64_t>(weights.size()));
+  const at::Tensor u = unit_channel_stride(u_in);
+  const at::Tensor grad_out = unit_channel_stride(grad_out_in);
+  const auto acc = compute_dtype(u.scalar_type());
+  PreparedStages p = prepare_stages(u, weights, scales, acc);
+  std::vector<at::Tensor> grad_w;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    grad_w.push_back(at::empty(weights[i].sizes(), u.options().dtype(acc)));
+    p.stages[i].grad_weight = grad_w.back().data_ptr();
+  }
+  at::Tensor grad_u = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
+  cpu::PyramidArgs a;
+  a.dtype = to_kernel_dtype(u.scalar_type());
+  a.u = view4(u);
+  a.out = view4(grad_out);
+  a.grad_u = view4(grad_u);
+  a.stages = p.stages.data();
+  a.num_stages = static_cast<int64_t>(weights.size());
+  a.sigmoid_gate = sigmoid_gate;
+  a.gate_scale = gate_scale;
+  cpu::pyramid_backward(a);
+  std::vector<at::Tensor> result{grad_u};
+  for (size_t i = 0; i < weights.size(); ++i) result.push_back(grad_w[i].to(weights[i].scalar_type()));
+  return result;
+}
+
+at::Tensor pooled_bias_cpu(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias) {
+  check_runnable();
+  check_pooled_bias_args(x_in, weight, bias, "cpu");
+  const at::Tensor x = unit_channel_stride(x_in);
+  const auto acc = compute_dtype(x.scalar_type());
+  at::Tensor mean = at::empty({x.size(0), x.size(3)}, x.options().dtype(acc));
+  cpu::spatial_mean(to_kernel_dtype(x.scalar_type()), view4(x), mean.data_ptr());
+  return at::addmm(bias.to(acc), mean, weight.to(acc).t()).to(x.scalar_type());
+}
+
+const char* capability_name(int cap) {
+  switch (cap) {
+    case 2: return "AVX512";
+    case 1: return "AVX2";
+    default: return "DEFAULT";
+  }
+}
+
+}  // namespace
+
+std::string build_info() {
+  std::string s = std::string("cpu=") + capability_name(cpu::compiled_capability()) +
+                  " cpu_ok=" + (cpu_supports_build() ? "1" : "0");
+#if defined(DELTACONV_WITH_CUDA)
+  s += " cuda=1";
+#else
+  s += " cuda=0";
+#endif
+  return s;
+}
+
+}  // namespace deltaconv
+
+TORCH_LIBRARY_IMPL(deltaconv_C, CPU, m) {
+  m.impl("pyramid_forward", &deltaconv::pyramid_forward_cpu);
+  m.impl("pyramid_backward", &deltaconv::pyramid_backward_cpu);
+  m.impl("pooled_bias", &deltaconv::pooled_bias_cpu);
+}

@@ -1,0 +1,105 @@
+"""Calling diffusers denoisers uniformly during distillation, loading them and their noise scheduler from local
+folders, and the ΔConvBlock state dict that training checkpoints hold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deltaconv_kernels.integrations.diffusers import iter_deltaconv_modules
+
+SUPPORTED = ("UNet2DConditionModel", "PixArtTransformer2DModel")
+VAE_FACTOR = 8  # PixArt's resolution condition is in pixels: latent size x 8 for its VAE
+
+
+def predict(model: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The denoiser's prediction for `latents` at `timesteps` conditioned on `batch["prompt_embeds"]`; same
+    shape as `latents` (a learned-variance output keeps only its first half, the prediction)."""
+    base = _unwrap(model)
+    name = type(base).__name__
+    cond = batch["prompt_embeds"].to(latents.dtype) if not torch.is_autocast_enabled(latents.device.type) \
+        else batch["prompt_embeds"]
+    if name == "UNet2DConditionModel":
+        added = {k: batch[k] for k in ("text_embeds", "time_ids") if k in batch}
+        out = model(latents, timesteps, encoder_hidden_states=cond, added_cond_kwargs=added or None,
+                    return_dict=False)[0]
+    elif name == "PixArtTransformer2DModel":
+        added = {"resolution": None, "aspect_ratio": None}
+        if base.use_additional_conditions:
+            b, _, h, w = latents.shape
+            added = {"resolution": torch.tensor([[h * VAE_FACTOR, w * VAE_FACTOR]] * b, device=latents.device,
+                                                dtype=latents.dtype),
+                     "aspect_ratio": torch.tensor([[h / w]] * b, device=latents.device, dtype=latents.dtype)}
+        out = model(latents, encoder_hidden_states=cond, timestep=timesteps, added_cond_kwargs=added,
+                    return_dict=False)[0]
+    else:
+        raise TypeError(f"distillation supports {SUPPORTED} denoisers, got {name}")
+    channels = latents.shape[1]
+    if out.shape[1] == 2 * channels:  # learned sigma: [prediction, variance]
+        out = out[:, :channels]
+    return out
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DistributedDataParallel (accelerate.prepare) keeps the real model in .module.
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+def load_denoiser(path: str | Path, subfolder: str | None = None) -> nn.Module:
+    """A diffusers denoiser saved with `save_pretrained` in `path` (or `path/subfolder`): the class comes from
+    its `config.json` `_class_name`. Tries `unet/` and `transformer/` when `path` is a pipeline folder."""
+    import diffusers
+
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"model path {root} does not exist")
+    candidates = [subfolder] if subfolder else [None, "unet", "transformer"]
+    for sub in candidates:
+        cfg_path = (root / sub if sub else root) / "config.json"
+        if cfg_path.is_file():
+            class_name = json.loads(cfg_path.read_text()).get("_class_name")
+            if class_name not in SUPPORTED:
+                raise ValueError(f"{cfg_path}: _class_name {class_name!r} is not a supported denoiser {SUPPORTED}")
+            return getattr(diffusers, class_name).from_pretrained(str(root), subfolder=sub)
+    raise FileNotFoundError(f"no denoiser config.json in {root} (looked in {[c or '.' for c in candidates]})")
+
+
+def load_noise_scheduler(path: str | Path | None):
+    """The training noise schedule: `DDPMScheduler` with the config of `path` (a scheduler folder or a pipeline's
+    `scheduler/`), or diffusers' defaults (linear betas 1e-4..0.02, 1000 steps, ε-prediction) when None."""
+    from diffusers import DDPMScheduler
+
+    if path is None:
+        return DDPMScheduler()
+    root = Path(path)
+    for sub in (None, "scheduler"):
+        cfg = (root / sub if sub else root) / "scheduler_config.json"
+        if cfg.is_file():
+            return DDPMScheduler.from_pretrained(str(root), subfolder=sub)
+    raise FileNotFoundError(f"no scheduler_config.json in {root} or {root / 'scheduler'}")
+
+
+def deltaconv_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The ΔConvBlock parameters only, keyed `<layer name>.block.<param>` relative to the denoiser."""
+    base = _unwrap(model)
+    return {f"{name}.block.{k}": v for name, module in iter_deltaconv_modules(base)
+            for k, v in module.block.state_dict().items()}
+
+
+def load_deltaconv_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy saved ΔConvBlock weights into a converted model; every block must be covered, nothing left over."""
+    own = deltaconv_state_dict(model)
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"ΔConvBlock weights do not match the converted model: missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]} (convert with the same kernel sizes / scales first)")
+    with torch.no_grad():
+        for k, v in own.items():
+            if v.shape != state[k].shape:
+                raise ValueError(f"{k}: saved shape {tuple(state[k].shape)} != model's {tuple(v.shape)}")
+            v.copy_(state[k])
