@@ -46,3 +46,32 @@ def test_clear_errors(tmp_path, capsys):
     code = main(["distill", "--model", str(model), "--images", str(tmp_path / "imgs"), "--output-dir",
                  str(tmp_path / "o"), "--kernel-sizes", "3"])
     assert code == 2 and "--text-encoder" in capsys.readouterr().out
+
+
+def test_two_process_ddp_run(tmp_path):
+    """Two processes (torch.distributed with gloo on CPU, which accelerate sets up): DDP over the ΔConvBlocks,
+    batches sharded by process, one checkpoint written by the main process. (Resume is tested single-process:
+    a second two-process launch would double this test's time.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    model = _saved_model(tmp_path)
+    out = tmp_path / "ddp"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "deltaconv_kernels.cli",
+            "distill", "--model", str(model), "--random", "8", "--random-size", "16", "16", "--kernel-sizes", "3",
+            "--batch-size", "2", "--checkpoint-every", "2", "--log-every", "1", "--warmup-steps", "1",
+            "--output-dir", str(out), "--no-progress", "--no-plot", "--random-prompt-len", "3"]
+    proc = subprocess.run(base + ["--max-steps", "2"], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("ΔConvBlock (preset") == 1  # the conversion report: main process only
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["config"]["num_processes"] == 2 and state["step"] == 2
+    assert [r["step"] for r in state["history"]] == [1, 2]
+    assert (out / "deltaconv" / "deltaconv.safetensors").is_file()
