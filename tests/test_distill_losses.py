@@ -67,7 +67,7 @@ def test_feature_mse_is_mean_over_layers_and_teacher_gets_no_grad():
     s2 = torch.full((1, 4), 2.0, requires_grad=True)
     t2 = torch.zeros(1, 4)
     loss = losses.feature_mse([(s1, t1), (s2, t2)])
-    assert float(loss) == pytest.approx((1.0 + 4.0) / 2)
+    assert float(loss.detach()) == pytest.approx((1.0 + 4.0) / 2)
     loss.backward()
     assert t1.grad is None and s1.grad is not None
     with pytest.raises(ValueError, match="at least one"):
@@ -88,8 +88,8 @@ def test_distillation_loss_combines_weighted_terms():
     ft = ((feats[0][0] - feats[0][1]) ** 2).mean()
     expected = 1.5 * out + 0.25 * ft + 2.0 * nz
     assert_close(total.detach().reshape(1), expected.detach().reshape(1), torch.float32)
-    assert parts["output"] == pytest.approx(float(out), rel=1e-5)
-    assert parts["noise"] == pytest.approx(float(nz), rel=1e-5)
+    assert parts["output"] == pytest.approx(float(out.detach()), rel=1e-5)
+    assert parts["noise"] == pytest.approx(float(nz.detach()), rel=1e-5)
     total.backward()
     assert student.grad is not None and torch.isfinite(student.grad).all()
 

@@ -232,8 +232,8 @@ def write_results(path: Path, m: dict, grid: Path | None) -> None:
                  if t.get("reused") else ", teacher training included."), ""]
     if grid is not None:
         lines += [f"![teacher vs student samples]({grid.name})", ""]
-    lines += ["Reproduce: `PYTHONPATH=. python python/examples/digits/run_proof.py --out /tmp/digits "
-              "--results benchmarks/RESULTS_distill.md --grid benchmarks/digits_grid.png`", ""]
+    lines += [f"Reproduce: `PYTHONPATH=. python python/examples/digits/run_proof.py --out /tmp/digits --threads "
+              f"{m['threads']} --results benchmarks/RESULTS_distill.md --grid benchmarks/digits_grid.png`", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 

@@ -1,0 +1,8 @@
+"""Distillation of self-attention into ΔConvBlocks (paper §4.3, DESIGN §6).
+
+Modules, one job each: `losses` (Min-SNR-weighted output MSE, feature MSE), `data` (latents files, image folders,
+random data, aspect-ratio buckets, resumable batch order), `models` (calling diffusers denoisers uniformly),
+`checkpointing` (atomic checkpoints, RNG state), `trainer` (`DistillConfig`, `DistillTrainer` on accelerate),
+`evaluation` (Fréchet distance, DINOv2 score, CLIP score), `plots`, and `cli` (`deltaconv distill`).
+Nothing is imported here, so `deltaconv distill --help` stays fast and the metrics work without diffusers.
+"""
