@@ -7,7 +7,7 @@ by PSNR against the teacher's samples and by Fréchet distance to the real digit
 classifier. Everything runs on CPU:
 
     PYTHONPATH=. python python/examples/digits/run_proof.py --out /tmp/digits \\
-        --results benchmarks/RESULTS_distill.md --grid benchmarks/digits_grid.png
+        --results /tmp/RESULTS_distill.md --grid benchmarks/digits_grid.png
 
 The teacher and classifier are cached in --out (delete them to retrain). `--smoke` runs the same pipeline at toy
 sizes in well under a minute (a CI test).
@@ -233,7 +233,7 @@ def write_results(path: Path, m: dict, grid: Path | None) -> None:
     if grid is not None:
         lines += [f"![teacher vs student samples]({grid.name})", ""]
     lines += [f"Reproduce: `PYTHONPATH=. python python/examples/digits/run_proof.py --out /tmp/digits --threads "
-              f"{m['threads']} --results benchmarks/RESULTS_distill.md --grid benchmarks/digits_grid.png`", ""]
+              f"{m['threads']} --results /tmp/RESULTS_distill.md --grid benchmarks/digits_grid.png`", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 
