@@ -64,10 +64,44 @@ def random_like_grad(out: torch.Tensor, strided: bool = True, generator=None) ->
     """A random upstream gradient for `out`; `strided=True` gives a non-contiguous channel slice of a larger
     tensor, like the gradient of one stage of a `torch.cat` (the released Triton code got that wrong)."""
     if not strided:
-        return torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=generator)
-    big = torch.randn(*out.shape[:-1], out.shape[-1] * 2 + 3, dtype=out.dtype, device=out.device,
-                      generator=generator)
+        return torch.randn(out.shape, dtype=out.dtype, generator=generator).to(out.device)
+    # Drawn on the CPU (where a seeded CPU generator works), then moved: same values on every device.
+    big = torch.randn(*out.shape[:-1], out.shape[-1] * 2 + 3, dtype=out.dtype, generator=generator).to(out.device)
     g = big[..., 1:1 + out.shape[-1]]
     # A slice of a single row (all leading dims 1) is trivially contiguous; any larger one is strided.
     assert not g.is_contiguous() or out[..., 0].numel() <= 1
     return g
+
+
+def random_pyramid_inputs(b: int, h: int, w: int, ci: int, k: int, n_stages: int, dtype: torch.dtype,
+                          device="cpu", generator=None, strided_u: bool = False):
+    """Random `u` `[B, H, W, Ci]` and `n_stages` kernels `[K, K, Ci]`, requiring grad. `strided_u=True` makes `u` a
+    channel slice of a wider tensor (pixels not contiguous, channels still unit-stride)."""
+    extra = 5 if strided_u else 0
+    u = torch.randn(b, h, w, ci + extra, generator=generator)[..., 2 * bool(extra):2 * bool(extra) + ci]
+    weights = [torch.randn(k, k, ci, generator=generator) * (1.5 / k) for _ in range(n_stages)]
+    return (u.to(device, dtype).requires_grad_(),
+            [wt.to(device, dtype).requires_grad_() for wt in weights])
+
+
+def check_pyramid_backend(backend: str, case, dtype: torch.dtype, device="cpu", generator=None,
+                          strided_u: bool = False, strided_grad: bool = True) -> None:
+    """Run `ops.pyramid` on `backend` for `case = (b, h, w, ci, k, scales, gate)` and compare the output and the
+    gradients of `u` and of every stage kernel with the reference on fp64 copies of the same inputs."""
+    from deltaconv_kernels import ops, reference
+
+    b, h, w, ci, k, scales, gate = case
+    u, weights = random_pyramid_inputs(b, h, w, ci, k, len(scales), dtype, device, generator, strided_u)
+    out = ops.pyramid(u, weights, scales, gate, backend=backend)
+    grad = random_like_grad(out, strided=strided_grad, generator=generator)
+    grads = torch.autograd.grad(out, [u, *weights], grad)
+    ur, *wr = reference_inputs(u, *weights)
+    ref = reference.pyramid(ur, wr, scales, gate)
+    ref_grads = torch.autograd.grad(ref, [ur, *wr], grad.to(torch.float64))
+    assert out.dtype == dtype and out.is_contiguous()
+    assert_close(out, ref, dtype, "pyramid output")
+    assert grads[0].dtype == dtype
+    assert_close(grads[0], ref_grads[0], dtype, "grad_u")
+    for i, (gw, rw) in enumerate(zip(grads[1:], ref_grads[1:])):
+        assert gw.dtype == dtype
+        assert_close(gw, rw, dtype, f"grad of weights[{i}]")

@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deltaconv_kernels import DeltaConvBlock, ops, reference
-from deltaconv_kernels.testing import DTYPES, assert_close, random_like_grad, reference_inputs
+from deltaconv_kernels.testing import (
+    DTYPES,
+    assert_close,
+    check_pyramid_backend,
+    random_like_grad,
+    random_pyramid_inputs,
+    reference_inputs,
+)
 
 INFO = ops.available_backends()["cpu"]
 if not INFO.available:
@@ -25,30 +32,11 @@ CASES = [
 
 
 def _inputs(b, h, w, ci, k, n_stages, dtype, gen, strided_u=False):
-    if strided_u:  # pixels not contiguous (a channel slice of a wider tensor); channels still unit-stride
-        u = torch.randn(b, h, w, ci + 5, generator=gen)[..., 2:2 + ci]
-    else:
-        u = torch.randn(b, h, w, ci, generator=gen)
-    weights = [torch.randn(k, k, ci, generator=gen) * (1.5 / k) for _ in range(n_stages)]
-    return u.to(dtype).requires_grad_(), [wt.to(dtype).requires_grad_() for wt in weights]
+    return random_pyramid_inputs(b, h, w, ci, k, n_stages, dtype, generator=gen, strided_u=strided_u)
 
 
 def _check_pyramid(case, dtype, gen, strided_u=False, strided_grad=True):
-    b, h, w, ci, k, scales, gate = case
-    u, weights = _inputs(b, h, w, ci, k, len(scales), dtype, gen, strided_u)
-    out = ops.pyramid(u, weights, scales, gate, backend="cpu")
-    grad = random_like_grad(out, strided=strided_grad, generator=gen)
-    grads = torch.autograd.grad(out, [u, *weights], grad)
-    ur, *wr = reference_inputs(u, *weights)
-    ref = reference.pyramid(ur, wr, scales, gate)
-    ref_grads = torch.autograd.grad(ref, [ur, *wr], grad.to(torch.float64))
-    assert out.dtype == dtype and out.is_contiguous()
-    assert_close(out, ref, dtype, "pyramid output")
-    assert grads[0].dtype == dtype
-    assert_close(grads[0], ref_grads[0], dtype, "grad_u")
-    for i, (gw, rw) in enumerate(zip(grads[1:], ref_grads[1:])):
-        assert gw.dtype == dtype
-        assert_close(gw, rw, dtype, f"grad of weights[{i}]")
+    check_pyramid_backend("cpu", case, dtype, generator=gen, strided_u=strided_u, strided_grad=strided_grad)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

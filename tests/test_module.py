@@ -69,7 +69,10 @@ def test_non_contiguous_input():
 def test_torch_compile_fullgraph_cpu():
     m = DeltaConvBlock(8, kernel_size=3, scales=(1.0, 0.5), backend="torch")
     x = torch.randn(1, 7, 5, 8, requires_grad=True)
-    cm = torch.compile(m, fullgraph=True)
+    # Static shapes, from a clean dynamo state: after earlier compiles in the same process dynamo would mark the
+    # sizes dynamic, and inductor (torch 2.13) cannot lower the reference's size arithmetic symbolically.
+    torch._dynamo.reset()
+    cm = torch.compile(m, fullgraph=True, dynamic=False)
     y = cm(x)
     torch.testing.assert_close(y, m(x), rtol=1e-5, atol=1e-5)
     y.sum().backward()

@@ -13,7 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deltaconv_kernels import DeltaConvBlock, ops, reference
-from deltaconv_kernels.testing import assert_close, random_like_grad, reference_inputs
+from deltaconv_kernels.testing import (
+    assert_close,
+    check_pyramid_backend,
+    random_like_grad,
+    random_pyramid_inputs,
+    reference_inputs,
+)
 
 try:
     import triton  # noqa: F401
@@ -50,31 +56,13 @@ CASES = CASES_CUDA if CUDA else CASES_INTERPRET
 
 
 def _inputs(b, h, w, ci, k, n_stages, dtype, strided_u=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    if strided_u:  # a channel slice of a wider tensor: non-contiguous pixels, channels still unit-stride
-        u = torch.randn(b, h, w, ci + 5, generator=g)[..., 2:2 + ci]
-    else:
-        u = torch.randn(b, h, w, ci, generator=g)
-    weights = [torch.randn(k, k, ci, generator=g) * (1.5 / k) for _ in range(n_stages)]
-    u = u.to(DEVICE, dtype).requires_grad_()
-    return u, [wt.to(DEVICE, dtype).requires_grad_() for wt in weights]
+    return random_pyramid_inputs(b, h, w, ci, k, n_stages, dtype, DEVICE, torch.Generator().manual_seed(seed),
+                                 strided_u)
 
 
 def _check_pyramid(case, dtype, strided_u=False):
-    b, h, w, ci, k, scales, gate = case
-    u, weights = _inputs(b, h, w, ci, k, len(scales), dtype, strided_u)
-    out = ops.pyramid(u, weights, scales, gate, backend="triton")
-    grad = random_like_grad(out)  # a strided channel slice, like the gradient of a torch.cat
-    grads = torch.autograd.grad(out, [u, *weights], grad)
-    ur, *wr = reference_inputs(u, *weights)
-    ref = reference.pyramid(ur, wr, scales, gate)
-    ref_grads = torch.autograd.grad(ref, [ur, *wr], grad.to(torch.float64))
-    assert out.dtype == dtype and out.is_contiguous()
-    assert_close(out, ref, dtype, "pyramid output")
-    assert_close(grads[0], ref_grads[0], dtype, "grad_u")
-    for i, (gw, rw) in enumerate(zip(grads[1:], ref_grads[1:])):
-        assert gw.dtype == dtype
-        assert_close(gw, rw, dtype, f"grad of weights[{i}]")
+    # grad_output is a strided channel slice, like the gradient of a torch.cat (the released code's bug)
+    check_pyramid_backend("triton", case, dtype, DEVICE, torch.Generator().manual_seed(0), strided_u)
 
 
 def test_probe_reports_available():
