@@ -105,3 +105,31 @@ def check_pyramid_backend(backend: str, case, dtype: torch.dtype, device="cpu", 
     for i, (gw, rw) in enumerate(zip(grads[1:], ref_grads[1:])):
         assert gw.dtype == dtype
         assert_close(gw, rw, dtype, f"grad of weights[{i}]")
+
+
+def check_block_backend(backend: str, dtype: torch.dtype, gate: str, device="cpu", generator=None,
+                        b: int = 2, h: int = 7, w: int = 5, c: int = 16) -> None:
+    """A whole `DeltaConvBlock` on `backend`, fed a `[B, N, C]` view, against the reference block: the output,
+    the grad of x and every parameter grad (pooled bias included), upstream gradient strided."""
+    from deltaconv_kernels import reference
+    from deltaconv_kernels.modules import DeltaConvBlock
+
+    if generator is not None:
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    block = DeltaConvBlock(c, kernel_size=3, scales=(1.0, 0.5), gate=gate, backend=backend).to(device, dtype)
+    x = torch.randn(b, h * w, c, generator=generator).to(device, dtype).requires_grad_()
+    y = block(x, size=(h, w))
+    params = dict(block.named_parameters())
+    grad = random_like_grad(y, generator=generator)
+    grads = torch.autograd.grad(y, [x, *params.values()], grad)
+    xr, *pr = reference_inputs(x, *params.values())
+    p = dict(zip(params, pr))
+    stage_w = [p[f"stages.{i}.weight"] for i in range(len(block.scales))]
+    ref = reference.deltaconv_block(xr.unflatten(1, (h, w)), p["proj_in.weight"], p["proj_in.bias"], stage_w,
+                                    block.scales, p["proj_out.weight"], p["proj_out.bias"], p["pool_proj.weight"],
+                                    p["pool_proj.bias"], gate, block.gate_scale).flatten(1, 2)
+    ref_grads = torch.autograd.grad(ref, [xr, *pr], grad.to(torch.float64))
+    assert_close(y, ref, dtype, "block output")
+    assert_close(grads[0], ref_grads[0], dtype, "grad x")
+    for name, g, rg in zip(params, grads[1:], ref_grads[1:]):
+        assert_close(g, rg, dtype, f"grad {name}")

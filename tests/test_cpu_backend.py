@@ -10,8 +10,8 @@ from deltaconv_kernels import DeltaConvBlock, ops, reference
 from deltaconv_kernels.testing import (
     DTYPES,
     assert_close,
+    check_block_backend,
     check_pyramid_backend,
-    random_like_grad,
     random_pyramid_inputs,
     reference_inputs,
 )
@@ -77,24 +77,7 @@ def test_pyramid_deterministic(gen):
 @pytest.mark.parametrize("gate", ["scaled", "sigmoid"])
 def test_block_matches_reference(dtype, gate, gen):
     """The whole block on a [B, N, C] view: output, grad of x, and every parameter grad (pooled bias included)."""
-    b, h, w, c = 2, 7, 5, 16
-    block = DeltaConvBlock(c, kernel_size=3, scales=(1.0, 0.5), gate=gate, backend="cpu").to(dtype)
-    x = torch.randn(b, h * w, c, generator=gen).to(dtype).requires_grad_()
-    y = block(x, size=(h, w))
-    params = dict(block.named_parameters())
-    grad = random_like_grad(y, generator=gen)
-    grads = torch.autograd.grad(y, [x, *params.values()], grad)
-    xr, *pr = reference_inputs(x, *params.values())
-    p = dict(zip(params, pr))
-    stage_w = [p[f"stages.{i}.weight"] for i in range(len(block.scales))]
-    ref = reference.deltaconv_block(xr.unflatten(1, (h, w)), p["proj_in.weight"], p["proj_in.bias"], stage_w,
-                                    block.scales, p["proj_out.weight"], p["proj_out.bias"], p["pool_proj.weight"],
-                                    p["pool_proj.bias"], gate, block.gate_scale).flatten(1, 2)
-    ref_grads = torch.autograd.grad(ref, [xr, *pr], grad.to(torch.float64))
-    assert_close(y, ref, dtype, "block output")
-    assert_close(grads[0], ref_grads[0], dtype, "grad x")
-    for name, g, rg in zip(params, grads[1:], ref_grads[1:]):
-        assert_close(g, rg, dtype, f"grad {name}")
+    check_block_backend("cpu", dtype, gate, generator=gen)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
