@@ -86,3 +86,23 @@ def test_autocast_mixed_precision():
         y = m(x)
     assert y.dtype == torch.bfloat16
     assert_close(y, m(x).double(), torch.bfloat16, "autocast output")
+
+
+def test_compile_fullgraph_as_the_first_call_in_a_fresh_process(tmp_path):
+    """Backend probing (imports, device queries) must stay out of the traced region: in a fresh process nothing
+    is cached yet, which is the case other tests in this process cannot see."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from deltaconv_kernels import DeltaConvBlock; "
+            "m = DeltaConvBlock(8, kernel_size=3); x = torch.randn(1, 7, 5, 8); "
+            "y = torch.compile(m, fullgraph=True, backend='eager')(x); "
+            "assert torch.allclose(y, m(x), atol=1e-6); print('ok')")
+    import os
+
+    import deltaconv_kernels
+    # The same package this process tests (installed or in-tree), not whatever the working directory holds.
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(deltaconv_kernels.__file__)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=env)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]

@@ -71,6 +71,9 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Dynamo runs this eagerly at trace time and bakes the name into the graph: probing imports modules and
+# queries devices, which must not be traced (a `fullgraph=True` compile as the very first call would fail).
+@torch.compiler.assume_constant_result
 def resolve(requested: str | None, device_type: str, dtype: torch.dtype | None = None) -> str:
     """The backend to run on tensors of `device_type`: `requested`, else $DELTACONV_BACKEND, else automatic.
     The kernel backends compute fp16/bf16/fp32; an automatic choice for fp64 (gradchecks) is the reference."""
