@@ -5,12 +5,14 @@
     save(pipe, "out/"); load(fresh_pipe, "out/")
     import_released(pipe, "released_ckpt.safetensors")   # ΔConvFusion's released weights
     convert(unet, keep_attention=True); set_mode(unet, "distill")   # distillation hooks
+    replace_attention(unet, "linfusion")    # an attention baseline in every attn1 slot instead (benchmarks)
 
 Supported denoisers: UNet2DConditionModel (SD1.5 / SDXL layouts, any other with kernel_sizes given),
 PixArtTransformer2DModel (α, Σ) and DiTTransformer2DModel, or any pipeline holding one as `unet`/`transformer`.
 """
 
 from deltaconv_kernels.integrations.diffusers_attention import MODES, DeltaConvAttention, SpatialSize
+from deltaconv_kernels.integrations.diffusers_baselines import METHODS, BaselineAttention, replace_attention
 from deltaconv_kernels.integrations.diffusers_checkpoint import CheckpointError, load, save
 from deltaconv_kernels.integrations.diffusers_convert import (
     ConversionReport,
@@ -30,7 +32,8 @@ from deltaconv_kernels.integrations.diffusers_models import (
 from deltaconv_kernels.integrations.diffusers_released import import_released
 
 __all__ = [
-    "MODES", "RELEASED_TRANSFORMER", "RELEASED_UNET", "SUPPORTED", "CheckpointError", "ConversionReport",
-    "DeltaConvAttention", "LayerReport", "SpatialSize", "convert", "deltaconv_parameters", "fingerprint",
-    "import_released", "iter_deltaconv_modules", "load", "resolve_denoiser", "save", "set_mode",
+    "METHODS", "MODES", "RELEASED_TRANSFORMER", "RELEASED_UNET", "SUPPORTED", "BaselineAttention", "CheckpointError",
+    "ConversionReport", "DeltaConvAttention", "LayerReport", "SpatialSize", "convert", "deltaconv_parameters",
+    "fingerprint", "import_released", "iter_deltaconv_modules", "load", "replace_attention", "resolve_denoiser",
+    "save", "set_mode",
 ]

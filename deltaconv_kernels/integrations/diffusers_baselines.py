@@ -1,0 +1,80 @@
+"""Drop the attention baselines (`deltaconv_kernels.baselines`) into a diffusers denoiser in place of every
+self-attention `attn1`: the same sites and (H, W) hooks as `convert`, so a baseline and a ΔConvBlock model are
+compared like for like. The original `to_q`/`to_k`/`to_v`/`to_out.0` weights are carried over (the baselines
+name their projections like diffusers), so a training-free baseline (SDPA, neighborhood, DiTFastAttn) starts from
+the pretrained attention; extra parameters (LinFusion's φ, the mediator's conv) keep their fresh init."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from deltaconv_kernels.baselines import (
+    DiTFastAttnAttention,
+    LinFusionAttention,
+    MediatorAttention,
+    NeighborhoodAttention,
+    SDPASelfAttention,
+)
+from deltaconv_kernels.integrations import diffusers_models as dm
+from deltaconv_kernels.integrations.diffusers_attention import DeltaConvAttention, SpatialSize, attach_size_hook
+
+METHODS = {
+    "sdpa": SDPASelfAttention,
+    "neighborhood": NeighborhoodAttention,
+    "ditfastattn": DiTFastAttnAttention,
+    "linfusion": LinFusionAttention,
+    "mediator": MediatorAttention,
+}
+
+
+class BaselineAttention(nn.Module):
+    """A baseline layer (`.layer`) in an `attn1` slot: same call signature, fed the (H, W) its size hook recorded."""
+
+    def __init__(self, layer: nn.Module, size: SpatialSize, name: str):
+        super().__init__()
+        self.layer = layer
+        self.layer_name = name
+        self._size = size
+
+    def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, **cross_attention_kwargs):
+        size = self._size.get(hidden_states.shape[1], self.layer_name)
+        return self.layer(hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
+                          size=size, **cross_attention_kwargs)
+
+
+def _check_plain_attention(attn: nn.Module, name: str) -> None:
+    # The baselines implement softmax(q k^T / sqrt(d)) v with linear projections and nothing else.
+    extras = [a for a in ("norm_q", "norm_k", "norm_cross", "spatial_norm", "group_norm")
+              if getattr(attn, a, None) is not None]
+    if extras or getattr(attn, "residual_connection", False) or getattr(attn, "rescale_output_factor", 1.0) != 1.0:
+        raise ValueError(f"{name}: its attention has {extras or 'a residual/rescaled output'}, which the baselines "
+                         "do not model")
+
+
+def replace_attention(model_or_pipeline, method: str, copy_weights: bool = True, **layer_kwargs) -> list[str]:
+    """Replace every self-attention `attn1` with the baseline `method` (one of `METHODS`); returns the layer
+    names. `layer_kwargs` go to the baseline's constructor (e.g. `kernel_size=13` for neighborhood)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    model = dm.resolve_denoiser(model_or_pipeline)
+    if any(isinstance(m, (DeltaConvAttention, BaselineAttention)) for m in model.modules()):
+        raise ValueError(f"{type(model).__name__} already has its self-attention replaced")
+    sites = dm.find_sites(model)
+    layers = {}
+    for site in sites:  # build all first, so a bad argument leaves the model untouched
+        attn = site.block.attn1
+        _check_plain_attention(attn, site.name)
+        ref = attn.to_q.weight
+        layer = METHODS[method](attn.to_q.in_features, attn.heads, qkv_bias=attn.to_q.bias is not None,
+                                out_bias=attn.to_out[0].bias is not None, device=ref.device, dtype=ref.dtype,
+                                **layer_kwargs)
+        if copy_weights:
+            for proj in ("to_q", "to_k", "to_v"):
+                getattr(layer, proj).load_state_dict(getattr(attn, proj).state_dict())
+            layer.to_out[0].load_state_dict(attn.to_out[0].state_dict())
+        layers[site.name] = layer
+    for site in sites:
+        source = site.name.rsplit(".transformer_blocks.", 1)[0] if site.patch == 1 else type(model).__name__
+        site.block.attn1 = BaselineAttention(layers[site.name], attach_size_hook(site.owner, site.patch, source),
+                                             site.name)
+    return [s.name for s in sites]
