@@ -48,12 +48,13 @@ class RecordSize:
         return None
 
 
-def attach_size_hook(owner: nn.Module, patch: int, source: str) -> SpatialSize:
-    """The owner's SpatialSize, registering its hook once (several layers share one owner)."""
+def attach_size_hook(site) -> SpatialSize:
+    """The SpatialSize of a `diffusers_models.Site`'s owner, registering its hook once (layers share owners)."""
+    owner = site.owner
     size = owner.__dict__.get("_deltaconv_size")
     if size is None:
-        size = SpatialSize(source)
-        owner.register_forward_pre_hook(RecordSize(size, patch), with_kwargs=True)
+        size = SpatialSize(site.owner_name)
+        owner.register_forward_pre_hook(RecordSize(size, site.patch), with_kwargs=True)
         owner.__dict__["_deltaconv_size"] = size
     return size
 

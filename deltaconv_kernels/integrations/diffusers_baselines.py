@@ -74,7 +74,5 @@ def replace_attention(model_or_pipeline, method: str, copy_weights: bool = True,
             layer.to_out[0].load_state_dict(attn.to_out[0].state_dict())
         layers[site.name] = layer
     for site in sites:
-        source = site.name.rsplit(".transformer_blocks.", 1)[0] if site.patch == 1 else type(model).__name__
-        site.block.attn1 = BaselineAttention(layers[site.name], attach_size_hook(site.owner, site.patch, source),
-                                             site.name)
+        site.block.attn1 = BaselineAttention(layers[site.name], attach_size_hook(site), site.name)
     return [s.name for s in sites]

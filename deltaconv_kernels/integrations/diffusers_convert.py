@@ -121,8 +121,7 @@ def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None,
                                            device=ref.device, dtype=ref.dtype)
     for site in sites:
         attn = site.block.attn1
-        source = site.name.rsplit(".transformer_blocks.", 1)[0] if site.patch == 1 else type(model).__name__
-        size = attach_size_hook(site.owner, site.patch, source)
+        size = attach_size_hook(site)
         site.block.attn1 = DeltaConvAttention(blocks[site.name], size, site.name,
                                               attention=attn if keep_attention else None)
         report.layers.append(LayerReport(site.name, site.level, site.factor, _sample_hw(model, site.factor),

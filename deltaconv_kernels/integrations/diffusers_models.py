@@ -65,6 +65,7 @@ class Site:
     patch: int            # the owner's input H, W are divided by this to get the token map
     level: str            # "down.0", "mid", "up.3" (U-Net) or "blocks" (transformers)
     factor: int           # token map = latent / factor (for the report)
+    owner_name: str       # the owner's name, for error messages ("down_blocks.0.attentions.0", or the model class)
 
 
 def resolve_denoiser(model_or_pipeline) -> nn.Module:
@@ -118,10 +119,10 @@ def find_sites(model: nn.Module) -> list[Site]:
                 raise TypeError(f"{name}: only Transformer2DModel with continuous (4-D) input is supported in a "
                                 f"U-Net, found {type(owner).__name__} at {owner_name!r}")
             level, index = _unet_level(name, model)
-            sites.append(Site(f"{name}.attn1", block, owner, 1, level, 2 ** index))
+            sites.append(Site(f"{name}.attn1", block, owner, 1, level, 2 ** index, owner_name))
         else:
             patch = int(model.config.patch_size)
-            sites.append(Site(f"{name}.attn1", block, model, patch, "blocks", patch))
+            sites.append(Site(f"{name}.attn1", block, model, patch, "blocks", patch, type(model).__name__))
     if is_unet:  # forward order: down levels, mid, up levels (named_modules lists mid_block last)
         order = {"down": 0, "mid": 1, "up": 2}
         sites.sort(key=lambda s: order[s.level.split(".")[0]])
