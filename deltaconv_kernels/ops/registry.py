@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import torch
 
+from deltaconv_kernels.runtime_env import triton_interpreting
+
 ENV_VAR = "DELTACONV_BACKEND"
 BACKENDS = ("triton", "cuda", "cpu", "torch")
 # The order an automatic choice tries them in, per device type.
@@ -67,10 +69,6 @@ def available_backends() -> dict[str, BackendInfo]:
     return {name: _probe(name) for name in BACKENDS}
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 # Dynamo runs this eagerly at trace time and bakes the name into the graph: probing imports modules and
 # queries devices, which must not be traced (a `fullgraph=True` compile as the very first call would fail).
 @torch.compiler.assume_constant_result
@@ -94,7 +92,7 @@ def resolve(requested: str | None, device_type: str, dtype: torch.dtype | None =
         raise BackendUnavailableError(f"backend {name!r} was forced but is unavailable: {info.reason}. "
                                       f"All backends: {reasons}")
     devices = DEVICES[name]
-    if name == "triton" and device_type == "cpu" and not _interpreting():
+    if name == "triton" and device_type == "cpu" and not triton_interpreting():
         raise BackendUnavailableError("backend 'triton' takes CPU tensors only under TRITON_INTERPRET=1")
     if device_type not in devices:
         raise BackendUnavailableError(f"backend {name!r} cannot run on {device_type} tensors (it takes {devices})")

@@ -6,8 +6,6 @@ The pooled-bias branch computes the mean over H, W in Triton and the small C x C
 
 from __future__ import annotations
 
-import os
-
 DESCRIPTION = "fused Triton kernels"
 
 
@@ -18,7 +16,9 @@ def probe() -> str | None:
         return f"triton is not installed ({e})"
     import torch
 
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
+    from deltaconv_kernels.runtime_env import triton_interpreting
+
+    if not torch.cuda.is_available() and not triton_interpreting():
         return ("no CUDA device; set TRITON_INTERPRET=1 (before triton is imported) to run the kernels in the "
                 "Triton interpreter on CPU tensors")
     import deltaconv_kernels.triton  # noqa: F401  (fails here, reported by the registry, if the kernels do not load)

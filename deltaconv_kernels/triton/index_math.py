@@ -1,5 +1,8 @@
-"""@triton.jit helpers shared by the pyramid kernels: exact integer window / source-index math and the
-K x K depthwise tap loop. Offsets that multiply a stride are cast to int64 first (16K maps exceed 2^31)."""
+"""@triton.jit helpers shared by the pyramid kernels: exact integer window / source-index math, the gate, tile
+coordinates and the K x K depthwise tap loop.
+
+Offsets: a 64-bit scalar base per batch item, tile and kernel row, and 32-bit offsets inside a tile (16K maps have
+more than 2^31 elements, one tile row of a padded map far fewer)."""
 
 import triton
 import triton.language as tl
@@ -28,6 +31,20 @@ def bilinear_taps(dst, in_size, out_size):
 
 
 @triton.jit
+def first_upsample_row(j, low, out):
+    """Smallest output index whose lower bilinear tap is >= j (0 for j <= 0); `launch.first_upsample_row`."""
+    first = (out * (2 * j + 1) - low + 2 * low - 1) // (2 * low)
+    return tl.where(j <= 0, 0, tl.minimum(first, out))
+
+
+@triton.jit
+def bilinear_weight(y, i, low, out):
+    """Weight that output index y gives to low-res index i in the bilinear upsample (0 where it gives none)."""
+    i0, i1, lam = bilinear_taps(y, low, out)
+    return tl.where(i0 == i, 1.0 - lam, 0.0) + tl.where(i1 == i, lam, 0.0)
+
+
+@triton.jit
 def gate_forward(a, g, gate_scale, SIGMOID: tl.constexpr):
     """`a * sigmoid(g)` or `a * g * gate_scale`, fp32 in and out."""
     if SIGMOID:
@@ -37,74 +54,55 @@ def gate_forward(a, g, gate_scale, SIGMOID: tl.constexpr):
 
 
 @triton.jit
-def conv_pair(src_ptr, s_h, s_w, s_c, src_h, src_w, in_h, in_w, oh, ow, h0, ca, cmask, half,
-              w_ptr, w_h, w_w, w_c,
-              K: tl.constexpr, POOL: tl.constexpr, MAXWH: tl.constexpr, MAXWW: tl.constexpr,
-              BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Depthwise K x K cross-correlation (zero padding K//2) at pixels (oh, ow) [BLOCK_P] of the a-channels `ca`
-    and the g-channels `ca + half` [BLOCK_C]; returns two fp32 [BLOCK_P, BLOCK_C] accumulators.
-
-    `src_ptr` points at one batch item. The conv runs on a `src_h x src_w` map; with POOL that map is the
-    adaptive average pool of the `in_h x in_w` source, computed on the fly (windows up to MAXWH x MAXWW)
-    and never written to memory."""
-    acc_a = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    acc_g = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    off_a = ca.to(tl.int64) * s_c
-    off_g = (ca + half).to(tl.int64) * s_c
-    wa_ptr = w_ptr + ca.to(tl.int64) * w_c
-    wg_ptr = w_ptr + (ca + half).to(tl.int64) * w_c
-    # Kernel rows that reach the map for some row of the tile (starting at h0): border tiles and maps smaller
-    # than K skip the rest.
-    P: tl.constexpr = K // 2
-    kh_lo = tl.maximum(0, P - tl.max(oh, axis=0))
-    kh_hi = tl.minimum(K, src_h + P - h0)
-    for kh in range(kh_lo, kh_hi):
-        ih = oh + (kh - K // 2)
-        h_ok = (ih >= 0) & (ih < src_h)
-        if POOL:
-            ys, ye = adaptive_window(ih, in_h, src_h)
-        else:
-            row_off = ih.to(tl.int64) * s_h
-        for kw in tl.static_range(K):
-            iw = ow + (kw - K // 2)
-            ok = h_ok & (iw >= 0) & (iw < src_w)
-            m = ok[:, None] & cmask[None, :]
-            if POOL:
-                xs, xe = adaptive_window(iw, in_w, src_w)
-                sum_a = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-                sum_g = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-                for dy in tl.static_range(MAXWH):
-                    y = ys + dy
-                    y_ok = y < ye
-                    y_off = y.to(tl.int64) * s_h
-                    for dx in tl.static_range(MAXWW):
-                        x = xs + dx
-                        pix = y_off + x.to(tl.int64) * s_w
-                        mm = m & (y_ok & (x < xe))[:, None]
-                        sum_a += tl.load(src_ptr + pix[:, None] + off_a[None, :], mask=mm, other=0.0).to(tl.float32)
-                        sum_g += tl.load(src_ptr + pix[:, None] + off_g[None, :], mask=mm, other=0.0).to(tl.float32)
-                inv = 1.0 / ((ye - ys) * (xe - xs)).to(tl.float32)
-                va = sum_a * inv[:, None]
-                vg = sum_g * inv[:, None]
-            else:
-                pix = row_off + iw.to(tl.int64) * s_w
-                va = tl.load(src_ptr + pix[:, None] + off_a[None, :], mask=m, other=0.0).to(tl.float32)
-                vg = tl.load(src_ptr + pix[:, None] + off_g[None, :], mask=m, other=0.0).to(tl.float32)
-            tap = kh * w_h + kw * w_w
-            wa = tl.load(wa_ptr + tap, mask=cmask, other=0.0).to(tl.float32)
-            wg = tl.load(wg_ptr + tap, mask=cmask, other=0.0).to(tl.float32)
-            acc_a += va * wa[None, :]
-            acc_g += vg * wg[None, :]
-    return acc_a, acc_g
+def tile_origin(pid, map_h, map_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Program id -> (batch item, first row, first column) of a BLOCK_H x BLOCK_W spatial tile."""
+    n_wb = tl.cdiv(map_w, BLOCK_W)
+    tiles = tl.cdiv(map_h, BLOCK_H) * n_wb
+    b = pid // tiles
+    t = pid % tiles
+    return b, (t // n_wb) * BLOCK_H, (t % n_wb) * BLOCK_W
 
 
 @triton.jit
-def tile_coords(pid, n_hblocks, n_wblocks, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Program id -> (batch index as int64, rows [BLOCK_P], cols [BLOCK_P], first row) of a spatial tile."""
-    b = pid // (n_hblocks * n_wblocks)
-    t = pid % (n_hblocks * n_wblocks)
+def tile_coords(pid, map_h, map_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Program id -> (batch item as int64, rows [BLOCK_P], cols [BLOCK_P]) of a spatial tile."""
+    b, h0, w0 = tile_origin(pid, map_h, map_w, BLOCK_H, BLOCK_W)
     p = tl.arange(0, BLOCK_H * BLOCK_W)
-    h0 = (t // n_wblocks) * BLOCK_H
-    oh = h0 + p // BLOCK_W
-    ow = (t % n_wblocks) * BLOCK_W + p % BLOCK_W
-    return b.to(tl.int64), oh, ow, h0
+    return b.to(tl.int64), h0 + p // BLOCK_W, w0 + p % BLOCK_W
+
+
+@triton.jit
+def conv_pair_tile(tile_ptr, s_h, w_ptr, cmask, S_W: tl.constexpr, HALF: tl.constexpr, K: tl.constexpr,
+                   EVEN_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Depthwise K x K cross-correlation of a zero-padded channels-last map at one BLOCK_H x BLOCK_W tile, for the
+    channel block at `tile_ptr` ("a") and the block HALF channels further ("g"); two fp32 [BLOCK_P, BLOCK_C] sums.
+
+    `tile_ptr` points at padded pixel (h0, w0) (= output pixel (h0, w0) shifted by the K//2 border), channel c0;
+    rows are `s_h` elements apart, pixels S_W (constexpr: every tap's offset inside a kernel row is a constant the
+    compiler folds into the load). `w_ptr` points at fp32 weights [K, K, 2*HALF] (contiguous), channel c0.
+    The padding makes every tap load in bounds: no masks except the channel tail when not EVEN_C."""
+    p = tl.arange(0, BLOCK_H * BLOCK_W)
+    c = tl.arange(0, BLOCK_C)
+    offs = ((p // BLOCK_W) * s_h + (p % BLOCK_W) * S_W)[:, None] + c[None, :]
+    CI: tl.constexpr = 2 * HALF
+    acc_a = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=tl.float32)
+    acc_g = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=tl.float32)
+    row = tile_ptr + offs
+    w_row = w_ptr + c
+    for _kh in range(K):
+        for kw in tl.static_range(K):
+            if EVEN_C:
+                va = tl.load(row + kw * S_W)
+                vg = tl.load(row + (kw * S_W + HALF))
+                wa = tl.load(w_row + kw * CI)
+                wg = tl.load(w_row + (kw * CI + HALF))
+            else:
+                va = tl.load(row + kw * S_W, mask=cmask[None, :], other=0.0)
+                vg = tl.load(row + (kw * S_W + HALF), mask=cmask[None, :], other=0.0)
+                wa = tl.load(w_row + kw * CI, mask=cmask, other=0.0)
+                wg = tl.load(w_row + (kw * CI + HALF), mask=cmask, other=0.0)
+            acc_a += va.to(tl.float32) * wa[None, :]
+            acc_g += vg.to(tl.float32) * wg[None, :]
+        row += s_h
+        w_row += K * CI
+    return acc_a, acc_g

@@ -1,34 +1,110 @@
-"""Launch helpers: argument checks, tile sizes and the forward autotune configs.
+"""Launch helpers: argument checks, tile choice, padded-buffer geometry, reduction splits, the SM count, and the one
+place every kernel launch goes through (`run`), so that `python/aot_report.py` can record what the package would
+launch and compile it ahead of time without a GPU.
 
-Under TRITON_INTERPRET=1 every program runs as numpy code on the CPU, so tiles are sized to cover a small
-map in few programs and nothing is autotuned. On a GPU the forward conv kernels are autotuned over a few
-tile shapes keyed by the map and channel sizes; the backward kernels use fixed tiles (they accumulate into
-buffers, which autotuning's repeated launches would corrupt).
+Under TRITON_INTERPRET=1 every program runs as numpy code on the CPU: nothing is autotuned (the first config of a
+list runs) and reductions use as many splits as the tiles give. On a GPU the forward conv is autotuned over the
+spill-free tiles of `CONV_TILES`; kernels that accumulate into buffers use fixed tiles (autotuning's repeated
+launches would accumulate twice).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-import os
 
 import torch
 import triton
 
+from deltaconv_kernels.runtime_env import triton_interpreting
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Spatial x channel tiles (BLOCK_H, BLOCK_W, BLOCK_C, num_warps) tried by the forward autotuner on a GPU:
-# 64-128 pixels by 32-64 channels keeps both fp32 accumulators (a and g) in registers.
-FORWARD_TILES = ((8, 8, 32, 4), (4, 16, 32, 4), (8, 16, 32, 4), (8, 8, 64, 4), (4, 8, 64, 4), (16, 8, 32, 4),
-                 (8, 16, 64, 8))
+
+# (BLOCK_H, BLOCK_W, num_warps) of the depthwise-conv kernels. Each thread holds a few output pixels times 8 channels
+# of both gate halves; the AOT report (python/aot_report.py) checks every one compiles without spills on sm_80/sm_90.
+CONV_TILES = ((8, 16, 4), (16, 16, 8), (4, 16, 4))
+# Padded buffers are sized for the largest tile, so any tile of the list can run on them without masks.
+TILE_ALIGN = max(max(bh, bw) for bh, bw, _ in CONV_TILES)
+# Taps of the weight-gradient kernel live in one register tensor [next_pow2(K*K), BLOCK_C]; its channel block and
+# warps, and how many rows a region covers at least (so a program amortises its partial write).
+WGRAD_BLOCK_C = 32
+WGRAD_WARPS = 4
+# Programs per SM that the reductions (weight gradient, spatial mean) aim for.
+PROGRAMS_PER_SM = 4
+# SM count assumed where no GPU is asked (the interpreter, the AOT recorder): an H100 SXM / H200.
+DEFAULT_SM_COUNT = 132
+
+_RECORDING: list | None = None
+_FORCED_SPLITS: int | None = None
 
 
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return triton_interpreting()
 
 
-def forward_configs() -> list:
-    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw, "BLOCK_C": bc}, num_warps=nw)
-            for bh, bw, bc, nw in FORWARD_TILES]
+def recording() -> bool:
+    return _RECORDING is not None
+
+
+@contextlib.contextmanager
+def record_launches():
+    """Collect `(kernel, grid, args, meta)` of every launch instead of running it (CPU tensors allowed)."""
+    global _RECORDING
+    previous, _RECORDING = _RECORDING, []
+    try:
+        yield _RECORDING
+    finally:
+        _RECORDING = previous
+
+
+@contextlib.contextmanager
+def reduction_splits(n: int):
+    """Force the number of spatial splits of every reduction (tests: several and uneven under the interpreter)."""
+    global _FORCED_SPLITS
+    if n < 1:
+        raise ValueError(f"reduction_splits: n must be >= 1, got {n}")
+    previous, _FORCED_SPLITS = _FORCED_SPLITS, n
+    try:
+        yield
+    finally:
+        _FORCED_SPLITS = previous
+
+
+def forced_splits() -> int | None:
+    return _FORCED_SPLITS
+
+
+def run(kernel, grid, *args, **meta) -> None:
+    """Launch `kernel` (a JITFunction or an Autotuner) on `grid`, or record the launch (see `record_launches`)."""
+    if _RECORDING is not None:
+        _RECORDING.append((kernel, grid, args, meta))
+        return
+    if interpreting() and isinstance(kernel, triton.runtime.Autotuner):
+        config = kernel.configs[0]
+        kernel.fn[grid(config.kwargs) if callable(grid) else grid](*args, **meta, **config.kwargs)
+        return
+    kernel[grid](*args, **meta)
+
+
+def conv_configs() -> list:
+    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw, num_stages=1) for bh, bw, nw in CONV_TILES]
+
+
+FIXED_CONV_META = {"BLOCK_H": CONV_TILES[0][0], "BLOCK_W": CONV_TILES[0][1], "num_warps": CONV_TILES[0][2],
+                   "num_stages": 1}
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """SMs of `device`, read once per device; the H100 count where there is no GPU (interpreter, recorder)."""
+    if device.type != "cuda":
+        return DEFAULT_SM_COUNT
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def check_tensor(t: torch.Tensor, name: str, device: torch.device | None = None) -> None:
@@ -37,7 +113,7 @@ def check_tensor(t: torch.Tensor, name: str, device: torch.device | None = None)
                         "(use backend='torch' for float64)")
     if device is not None and t.device != device:
         raise ValueError(f"{name} is on {t.device}, expected {device} (same device as the other arguments)")
-    if t.device.type == "cpu" and not interpreting():
+    if t.device.type == "cpu" and not (interpreting() or recording()):
         raise RuntimeError(f"{name} is a CPU tensor: the triton backend runs CPU tensors only under TRITON_INTERPRET=1")
 
 
@@ -45,14 +121,44 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def channel_block(channels: int, largest: int = 32) -> int:
+    """Channel block of the conv kernels: the largest of 32, 16, 8 dividing `channels` (no channel masks), else a
+    masked power of two."""
+    for bc in (32, 16, 8):
+        if bc <= largest and channels % bc == 0:
+            return bc
+    return min(next_pow2(channels), largest)
+
+
+def padded_size(n: int, k: int) -> int:
+    """Rows (or columns) of a zero-padded copy of an n-long axis read by a K x K conv: K//2 before, and after the
+    last tile row the largest tile can reach, K//2 + slack. The interior starts at index K//2."""
+    return cdiv(n, TILE_ALIGN) * TILE_ALIGN + k - 1
+
+
 def spatial_tile(h: int, w: int, channels: int) -> tuple[int, int, int]:
-    """(BLOCK_H, BLOCK_W, BLOCK_C) for the non-autotuned kernels: ~64-128 pixels x 32-64 channels on a GPU;
-    under the interpreter up to 16 x 16 x 64 so a test-sized map is a handful of programs."""
+    """(BLOCK_H, BLOCK_W, BLOCK_C) of the elementwise-like kernels (pool, upsample, pool backward): ~64-128 pixels x
+    32 channels on a GPU; under the interpreter up to 16 x 16 x 64 so a test-sized map is a handful of programs."""
     if interpreting():
         return min(next_pow2(h), 16), min(next_pow2(w), 16), min(next_pow2(channels), 64)
     bw = min(next_pow2(w), 16)
     bh = min(next_pow2(h), max(1, 128 // bw))
     return bh, bw, min(next_pow2(channels), 32)
+
+
+def split_count(work_items: int, blocks: int, device: torch.device, min_per_split: int) -> int:
+    """Splits of a reduction over `work_items` (rows, pixel blocks) with `blocks` other programs: about
+    PROGRAMS_PER_SM programs per SM, each with at least `min_per_split` items; forced by `reduction_splits`."""
+    if _FORCED_SPLITS is not None:
+        return max(1, min(_FORCED_SPLITS, work_items))
+    if interpreting():
+        return 1
+    target = cdiv(PROGRAMS_PER_SM * sm_count(device), max(blocks, 1))
+    return max(1, min(target, work_items // max(min_per_split, 1)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -61,5 +167,16 @@ def max_window(in_size: int, out_size: int) -> int:
     return max(-((-(o + 1) * in_size) // out_size) - (o * in_size) // out_size for o in range(out_size))
 
 
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+def first_upsample_row(j: int, low: int, out: int) -> int:
+    """Smallest output index whose bilinear (align_corners=False) lower source tap is >= j, for j >= 1
+    (`i0(y) >= j  <=>  (2y + 1) * low - out >= 2 * out * j`); 0 for j <= 0. Mirrors `index_math.first_row`."""
+    if j <= 0:
+        return 0
+    return min(out, cdiv(out * (2 * j + 1) - low, 2 * low))
+
+
+@functools.lru_cache(maxsize=256)
+def upsample_span(low: int, out: int) -> int:
+    """Most output indices whose bilinear taps reach one low-res index i: those whose lower tap is i-1 or i."""
+    return max((first_upsample_row(i + 1, low, out) if i + 1 < low else out) - first_upsample_row(i - 1, low, out)
+               for i in range(low))

@@ -44,12 +44,13 @@ def spatial_mean(x: torch.Tensor) -> torch.Tensor:
     block_p, block_c = (min(launch.next_pow2(n_pix), 64), min(launch.next_pow2(c), 64)) if launch.interpreting() \
         else (64, 64)
     n_cb = launch.cdiv(c, block_c)
-    # Enough programs to fill a GPU (~4 per SM on an H100) but at least 8 blocks of pixels each.
-    splits = 1 if launch.interpreting() else max(1, min(launch.cdiv(n_pix, 8 * block_p), launch.cdiv(528, b * n_cb)))
-    per = launch.cdiv(launch.cdiv(n_pix, splits), block_p) * block_p
+    # Enough programs to fill the GPU, each summing at least 8 blocks of pixels (the kernel masks a split's tail).
+    splits = launch.split_count(n_pix, b * n_cb, x.device, 8 * block_p)
+    per = launch.cdiv(n_pix, splits)
     splits = launch.cdiv(n_pix, per)
     part = torch.empty((splits, b, c), dtype=torch.float32, device=x.device)
-    _sum_partial_kernel[(b, n_cb, splits)](x, *x.stride(), part, w, n_pix, c, per, BLOCK_P=block_p, BLOCK_C=block_c)
+    launch.run(_sum_partial_kernel, (b, n_cb, splits), x, *x.stride(), part, w, n_pix, c, per, BLOCK_P=block_p,
+               BLOCK_C=block_c)
     return part.sum(dim=0) / n_pix
 
 

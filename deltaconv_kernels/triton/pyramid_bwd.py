@@ -1,12 +1,14 @@
 """Backward of the fused pyramid: `grad_u` and every stage's weight gradient, all accumulated in fp32.
 
-Per stage (fp32 scratch maps, never atomics, so results are bit-reproducible):
-  s < 1: pool u -> p (low-res); upsample-backward grad_out -> gz (a gather: each low-res pixel sums the
-         output pixels whose bilinear taps reach it); gate-backward with the conv recomputed -> gd;
-         conv-input-backward gd -> gp; pool-backward gp -> grad_u (+=);
-  s = 1: gate-backward reads u and grad_out directly -> gd; conv-input-backward gd -> grad_u (+=).
-  Weight gradient: one program per (tap, pixel split, channel block) writes a partial sum; the partials are
-  summed over splits by one torch reduction (fixed order).
+Per stage, on the stage's zero-bordered conv input `src` (`pyramid_fwd.stage_source`: u copied, or pooled once):
+  1. gate backward: recompute a, g = conv(src) per tile and write gd = [dz/da, dz/dg] * gz into a zero-bordered
+     fp32 buffer; for s < 1, gz (the upsample backward) is gathered in the same kernel from the exact output pixels
+     whose bilinear taps reach each low-res pixel (4 x 4 of them at 2x);
+  2. input backward: the same conv kernel with the kernel flipped, on gd (the border makes it unmasked too);
+     s = 1 adds it to grad_u, s < 1 writes the low-res gradient that the pool backward spreads into grad_u;
+  3. weight gradient: each program owns a band of rows of one image and a channel block, holds all K*K taps of
+     its block in registers, and writes one fp32 partial [taps, Ci]; the partials are summed in a fixed order by
+     one torch reduction. No atomics anywhere: the results are bit-reproducible.
 grad_out is read through its strides: it is a channel slice of the concat gradient (the released code's bug).
 """
 
@@ -16,84 +18,55 @@ import torch
 import triton
 import triton.language as tl
 
+from deltaconv_kernels.reference import pooled_size
 from deltaconv_kernels.triton import launch
-from deltaconv_kernels.triton.index_math import adaptive_window, bilinear_taps, conv_pair, tile_coords
+from deltaconv_kernels.triton.index_math import (
+    adaptive_window,
+    bilinear_weight,
+    conv_pair_tile,
+    first_upsample_row,
+    tile_coords,
+    tile_origin,
+)
+from deltaconv_kernels.triton.pyramid_fwd import conv_meta, fp32_weight, padded_buffer, stage_source
 
 
 @triton.jit
-def _pool_kernel(u_ptr, s_b, s_h, s_w, s_c, p_ptr, in_h, in_w, map_h, map_w, channels,
-                 MAXWH: tl.constexpr, MAXWW: tl.constexpr,
-                 BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
-    """p[b, i, j, c] = adaptive average of u (any strides) into a contiguous fp32 [B, map_h, map_w, C]."""
-    b, oh, ow, _ = tile_coords(tl.program_id(0), tl.cdiv(map_h, BLOCK_H), tl.cdiv(map_w, BLOCK_W), BLOCK_H, BLOCK_W)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < channels
+def _gate_bwd_kernel(src_ptr, s_b, s_h, w_ptr, g_ptr, g_b, g_h, g_w, g_c, gd_ptr, d_b, d_h,
+                     map_h, map_w, out_h, out_w, span_h, span_w, gate_scale,
+                     S_W: tl.constexpr, HALF: tl.constexpr, K: tl.constexpr, SIGMOID: tl.constexpr,
+                     EVEN_C: tl.constexpr, UPSAMPLED: tl.constexpr, BLOCK_C: tl.constexpr,
+                     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """gd (zero-bordered fp32, pixel stride 2*HALF) = gate backward of one tile, the conv recomputed from src.
+    gz is grad_out at the tile (UPSAMPLED false) or its bilinear-upsample backward from the out_h x out_w grad."""
+    b, h0, w0 = tile_origin(tl.program_id(0), map_h, map_w, BLOCK_H, BLOCK_W)
+    c0 = tl.program_id(1) * BLOCK_C
+    b64 = b.to(tl.int64)
+    tile = src_ptr + b64 * s_b + h0.to(tl.int64) * s_h + (w0 * S_W + c0)
+    ca = c0 + tl.arange(0, BLOCK_C)
+    cmask = ca < HALF
+    a, g = conv_pair_tile(tile, s_h, w_ptr + c0, cmask, S_W, HALF, K, EVEN_C, BLOCK_H, BLOCK_W, BLOCK_C)
+    p = tl.arange(0, BLOCK_H * BLOCK_W)
+    oh = (h0 + p // BLOCK_W).to(tl.int64)
+    ow = (w0 + p % BLOCK_W).to(tl.int64)
     ok = (oh < map_h) & (ow < map_w)
-    ys, ye = adaptive_window(oh, in_h, map_h)
-    xs, xe = adaptive_window(ow, in_w, map_w)
-    acc = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=tl.float32)
-    base = u_ptr + b * s_b + c.to(tl.int64)[None, :] * s_c
-    for dy in tl.static_range(MAXWH):
-        y = ys + dy
-        for dx in tl.static_range(MAXWW):
-            x = xs + dx
-            m = (ok & (y < ye) & (x < xe))[:, None] & cmask[None, :]
-            off = y.to(tl.int64) * s_h + x.to(tl.int64) * s_w
-            acc += tl.load(base + off[:, None], mask=m, other=0.0).to(tl.float32)
-    acc = acc / ((ye - ys) * (xe - xs)).to(tl.float32)[:, None]
-    out = (b * map_h + oh.to(tl.int64)) * map_w + ow
-    tl.store(p_ptr + out[:, None] * channels + c[None, :], acc, mask=ok[:, None] & cmask[None, :])
-
-
-@triton.jit
-def _upsample_bwd_kernel(g_ptr, g_b, g_h, g_w, g_c, gz_ptr, low_h, low_w, out_h, out_w, channels,
-                         NY: tl.constexpr, NX: tl.constexpr,
-                         BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
-    """gz[b, i, j, c] = sum over output pixels (y, x) of grad[b, y, x, c] times the bilinear weight that
-    (y, x) gives to the low-res pixel (i, j). Candidates: NY rows from the first row whose source can reach
-    i, each checked with the exact tap formula of the forward."""
-    b, oi, oj, _ = tile_coords(tl.program_id(0), tl.cdiv(low_h, BLOCK_H), tl.cdiv(low_w, BLOCK_W), BLOCK_H, BLOCK_W)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < channels
-    ok = (oi < low_h) & (oj < low_w)
-    oi64 = oi.to(tl.int64)
-    oj64 = oj.to(tl.int64)
-    # Output rows with src >= i - 1: y >= ((2i - 1) * out - in) / (2 * in); one row of slack for rounding.
-    y_lo = tl.maximum(((2 * oi64 - 1) * out_h - low_h) // (2 * low_h) - 1, 0)
-    x_lo = tl.maximum(((2 * oj64 - 1) * out_w - low_w) // (2 * low_w) - 1, 0)
-    acc = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=tl.float32)
-    base = g_ptr + b * g_b + c.to(tl.int64)[None, :] * g_c
-    for dy in tl.static_range(NY):
-        y = y_lo + dy
-        i0, i1, ly = bilinear_taps(y, low_h, out_h)
-        wy = tl.where(i0 == oi64, 1.0 - ly, 0.0) + tl.where(i1 == oi64, ly, 0.0)
-        wy = tl.where(y < out_h, wy, 0.0)
-        for dx in tl.static_range(NX):
-            x = x_lo + dx
-            j0, j1, lx = bilinear_taps(x, low_w, out_w)
-            wx = tl.where(j0 == oj64, 1.0 - lx, 0.0) + tl.where(j1 == oj64, lx, 0.0)
-            wx = tl.where(x < out_w, wx, 0.0)
-            wt = wy * wx
-            m = (ok & (wt != 0.0))[:, None] & cmask[None, :]
-            v = tl.load(base + (y * g_h + x * g_w)[:, None], mask=m, other=0.0).to(tl.float32)
-            acc += v * wt[:, None]
-    out = (b * low_h + oi64) * low_w + oj64
-    tl.store(gz_ptr + out[:, None] * channels + c[None, :], acc, mask=ok[:, None] & cmask[None, :])
-
-
-@triton.jit
-def _gate_bwd_kernel(src_ptr, s_b, s_h, s_w, s_c, w_ptr, w_h, w_w, w_c, gz_ptr, z_b, z_h, z_w, z_c, gd_ptr,
-                     map_h, map_w, half, gate_scale, K: tl.constexpr, SIGMOID: tl.constexpr,
-                     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Recompute a, g = conv(src) and write gd = [d z/d a, d z/d g] * gz as contiguous fp32 [B, h, w, 2*half]."""
-    b, oh, ow, h0 = tile_coords(tl.program_id(0), tl.cdiv(map_h, BLOCK_H), tl.cdiv(map_w, BLOCK_W), BLOCK_H, BLOCK_W)
-    ca = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = ca < half
-    a, g = conv_pair(src_ptr + b * s_b, s_h, s_w, s_c, map_h, map_w, map_h, map_w, oh, ow, h0, ca, cmask, half,
-                     w_ptr, w_h, w_w, w_c, K, False, 1, 1, BLOCK_H * BLOCK_W, BLOCK_C)
-    m = ((oh < map_h) & (ow < map_w))[:, None] & cmask[None, :]
-    pix = oh.to(tl.int64) * z_h + ow.to(tl.int64) * z_w
-    gz = tl.load(gz_ptr + b * z_b + pix[:, None] + ca.to(tl.int64)[None, :] * z_c, mask=m, other=0.0).to(tl.float32)
+    m = ok[:, None] & cmask[None, :]
+    g_base = g_ptr + b64 * g_b + ca.to(tl.int64)[None, :] * g_c
+    if UPSAMPLED:
+        # Output rows with lower tap oh-1 or oh (span_h of them at most, exact on the host), the same for columns.
+        y_lo = first_upsample_row(oh - 1, map_h, out_h)
+        x_lo = first_upsample_row(ow - 1, map_w, out_w)
+        gz = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=tl.float32)
+        for dy in range(0, span_h):
+            y = y_lo + dy
+            wy = tl.where(y < out_h, bilinear_weight(y, oh, map_h, out_h), 0.0)
+            for dx in range(0, span_w):
+                x = x_lo + dx
+                wt = wy * tl.where(x < out_w, bilinear_weight(x, ow, map_w, out_w), 0.0)
+                v = tl.load(g_base + (y * g_h + x * g_w)[:, None], mask=m & (wt != 0.0)[:, None], other=0.0)
+                gz += v.to(tl.float32) * wt[:, None]
+    else:
+        gz = tl.load(g_base + (oh * g_h + ow * g_w)[:, None], mask=m, other=0.0).to(tl.float32)
     if SIGMOID:
         sig = 1.0 / (1.0 + tl.exp(-g))
         grad_a = gz * sig
@@ -101,71 +74,76 @@ def _gate_bwd_kernel(src_ptr, s_b, s_h, s_w, s_c, w_ptr, w_h, w_w, w_c, gz_ptr, 
     else:
         grad_a = gz * g * gate_scale
         grad_g = gz * a * gate_scale
-    out = ((b * map_h + oh.to(tl.int64)) * map_w + ow)[:, None] * (2 * half) + ca[None, :]
-    tl.store(gd_ptr + out, grad_a, mask=m)
-    tl.store(gd_ptr + out + half, grad_g, mask=m)
-
-
-@triton.jit
-def _conv_input_bwd_kernel(gd_ptr, w_ptr, w_h, w_w, w_c, out_ptr, map_h, map_w, channels,
-                           K: tl.constexpr, ACCUMULATE: tl.constexpr,
-                           BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[b, y, x, c] (+)= sum_{kh, kw} gd[b, y - kh + K//2, x - kw + K//2, c] * w[kh, kw, c] (fp32, contiguous)."""
-    b, oh, ow, h0 = tile_coords(tl.program_id(0), tl.cdiv(map_h, BLOCK_H), tl.cdiv(map_w, BLOCK_W), BLOCK_H, BLOCK_W)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < channels
     P: tl.constexpr = K // 2
-    acc = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=tl.float32)
-    base = gd_ptr + b * map_h * map_w * channels + c[None, :]
-    w_base = w_ptr + c.to(tl.int64) * w_c
-    # Rows of gd a tile row y reads are y - kh + P; skip kernel rows that miss the map for every tile row.
-    kh_lo = tl.maximum(0, h0 + P - (map_h - 1))
-    kh_hi = tl.minimum(K, tl.max(oh, axis=0) + P + 1)
-    for kh in range(kh_lo, kh_hi):
-        iy = oh - kh + P
-        y_ok = (iy >= 0) & (iy < map_h)
-        row = iy.to(tl.int64) * map_w
-        for kw in tl.static_range(K):
-            ix = ow - kw + P
-            m = (y_ok & (ix >= 0) & (ix < map_w))[:, None] & cmask[None, :]
-            v = tl.load(base + ((row + ix) * channels)[:, None], mask=m, other=0.0)
-            wv = tl.load(w_base + kh * w_h + kw * w_w, mask=cmask, other=0.0).to(tl.float32)
-            acc += v * wv[None, :]
-    m = ((oh < map_h) & (ow < map_w))[:, None] & cmask[None, :]
-    out = out_ptr + (((b * map_h + oh.to(tl.int64)) * map_w + ow) * channels)[:, None] + c[None, :]
-    if ACCUMULATE:
-        acc += tl.load(out, mask=m, other=0.0)
-    tl.store(out, acc, mask=m)
+    out = gd_ptr + b64 * d_b + ((oh + P) * d_h + (ow + P) * (2 * HALF))[:, None] + ca[None, :]
+    tl.store(out, grad_a, mask=m)
+    tl.store(out + HALF, grad_g, mask=m)
 
 
 @triton.jit
-def _weight_grad_kernel(gd_ptr, src_ptr, s_b, s_h, s_w, s_c, part_ptr, map_h, map_w, channels, n_pix, pix_per_split,
-                        K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """part[split, tap, c] = sum over pixels q of its split of gd[q, c] * src[q shifted by tap, c] (fp32)."""
-    tap = tl.program_id(0)
-    split = tl.program_id(1)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < channels
-    dh = tap // K - K // 2
-    dw = tap % K - K // 2
-    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    c_off = c.to(tl.int64)[None, :] * s_c
-    start = split.to(tl.int64) * pix_per_split
-    for p0 in range(0, pix_per_split, BLOCK_P):
-        r = p0 + tl.arange(0, BLOCK_P)
-        q = start + r
-        b = q // (map_h * map_w)
-        y = (q // map_w) % map_h
-        x = q % map_w
-        iy = y + dh
-        ix = x + dw
-        ok = (r < pix_per_split) & (q < n_pix)
-        src_ok = ok & (iy >= 0) & (iy < map_h) & (ix >= 0) & (ix < map_w)
-        g = tl.load(gd_ptr + (q * channels)[:, None] + c[None, :], mask=src_ok[:, None] & cmask[None, :], other=0.0)
-        off = b * s_b + iy * s_h + ix * s_w
-        v = tl.load(src_ptr + off[:, None] + c_off, mask=src_ok[:, None] & cmask[None, :], other=0.0)
-        acc += g * v.to(tl.float32)
-    tl.store(part_ptr + (split * (K * K) + tap) * channels + c, tl.sum(acc, axis=0), mask=cmask)
+def _conv_input_bwd_kernel(src_ptr, s_b, s_h, w_ptr, out_ptr, o_b, o_h, o_w, map_h, map_w,
+                           S_W: tl.constexpr, HALF: tl.constexpr, K: tl.constexpr, EVEN_C: tl.constexpr,
+                           ACCUMULATE: tl.constexpr, BLOCK_C: tl.constexpr,
+                           BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """out (+)= conv(gd, flipped kernel) over all 2*HALF channels: gd zero-bordered fp32, out fp32 [B, h, w, 2*HALF]
+    (channels contiguous)."""
+    b, h0, w0 = tile_origin(tl.program_id(0), map_h, map_w, BLOCK_H, BLOCK_W)
+    c0 = tl.program_id(1) * BLOCK_C
+    b64 = b.to(tl.int64)
+    tile = src_ptr + b64 * s_b + h0.to(tl.int64) * s_h + (w0 * S_W + c0)
+    ca = c0 + tl.arange(0, BLOCK_C)
+    cmask = ca < HALF
+    acc_a, acc_g = conv_pair_tile(tile, s_h, w_ptr + c0, cmask, S_W, HALF, K, EVEN_C, BLOCK_H, BLOCK_W, BLOCK_C)
+    p = tl.arange(0, BLOCK_H * BLOCK_W)
+    oh = h0 + p // BLOCK_W
+    ow = w0 + p % BLOCK_W
+    m = ((oh < map_h) & (ow < map_w))[:, None] & cmask[None, :]
+    out = out_ptr + b64 * o_b + (oh.to(tl.int64) * o_h + ow.to(tl.int64) * o_w)[:, None] + ca[None, :]
+    if ACCUMULATE:
+        acc_a += tl.load(out, mask=m, other=0.0)
+        acc_g += tl.load(out + HALF, mask=m, other=0.0)
+    tl.store(out, acc_a, mask=m)
+    tl.store(out + HALF, acc_g, mask=m)
+
+
+@triton.jit
+def _weight_grad_kernel(gd_ptr, d_b, d_h, src_ptr, s_b, s_h, part_ptr, map_w, map_h, rows_per_split, splits,
+                        S_W: tl.constexpr, CI: tl.constexpr, K: tl.constexpr, TAPS: tl.constexpr,
+                        EVEN_C: tl.constexpr, BLOCK_C: tl.constexpr):
+    """part[b * splits + split, tap, c] = sum over the pixels q of rows [split * rows_per_split, ...) of image b of
+    gd[q, c] * src[q + tap, c]. All K*K taps of the channel block accumulate at once in a [TAPS, BLOCK_C] register
+    tile (TAPS = K*K rounded up to a power of two; the extra rows re-read the last tap and are not stored).
+    gd and src are zero-bordered with pixel stride S_W = CI; gd's interior starts at (K//2, K//2)."""
+    pid = tl.program_id(0)
+    b = (pid // splits).to(tl.int64)
+    y0 = (pid % splits) * rows_per_split
+    y1 = tl.minimum(y0 + rows_per_split, map_h)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < CI
+    t = tl.minimum(tl.arange(0, TAPS), K * K - 1)
+    offs = ((t // K) * s_h + (t % K) * S_W)[:, None] + c[None, :]
+    P: tl.constexpr = K // 2
+    src_row = src_ptr + b * s_b + y0.to(tl.int64) * s_h + offs
+    gd_row = gd_ptr + b * d_b + (y0 + P).to(tl.int64) * d_h + (P * S_W) + c
+    acc = tl.zeros([TAPS, BLOCK_C], dtype=tl.float32)
+    for _y in range(y0, y1):
+        src_px = src_row
+        gd_px = gd_row
+        for _x in range(0, map_w):
+            if EVEN_C:
+                g = tl.load(gd_px)
+                v = tl.load(src_px)
+            else:
+                g = tl.load(gd_px, mask=cmask, other=0.0)
+                v = tl.load(src_px, mask=cmask[None, :], other=0.0)
+            acc += v.to(tl.float32) * g[None, :]
+            src_px += S_W
+            gd_px += S_W
+        src_row += s_h
+        gd_row += d_h
+    tap = tl.arange(0, TAPS)
+    out = part_ptr + (pid.to(tl.int64) * (K * K) + tap)[:, None] * CI + c[None, :]
+    tl.store(out, acc, mask=(tap < K * K)[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -173,7 +151,7 @@ def _pool_bwd_kernel(gp_ptr, out_ptr, in_h, in_w, map_h, map_w, channels, ACCUMU
                      BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     """out[b, y, x, c] (+)= sum over the (at most 2 x 2) adaptive windows holding (y, x) of gp / window size.
     Window i holds y iff start(i) <= y < end(i); with map <= in only i = y*map//in and the next can."""
-    b, oy, ox, _ = tile_coords(tl.program_id(0), tl.cdiv(in_h, BLOCK_H), tl.cdiv(in_w, BLOCK_W), BLOCK_H, BLOCK_W)
+    b, oy, ox = tile_coords(tl.program_id(0), in_h, in_w, BLOCK_H, BLOCK_W)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < channels
     ok = (oy < in_h) & (ox < in_w)
@@ -197,63 +175,52 @@ def _pool_bwd_kernel(gp_ptr, out_ptr, in_h, in_w, map_h, map_w, channels, ACCUMU
     tl.store(out, acc, mask=m)
 
 
-def _grid(b: int, h: int, w: int, channels: int) -> tuple[tuple[int, int], dict]:
-    bh, bw, bc = launch.spatial_tile(h, w, channels)
-    return (b * launch.cdiv(h, bh) * launch.cdiv(w, bw), launch.cdiv(channels, bc)), \
-        {"BLOCK_H": bh, "BLOCK_W": bw, "BLOCK_C": bc}
+def _conv_grid(b: int, h: int, w: int, meta: dict) -> tuple[int, int]:
+    tile = launch.FIXED_CONV_META
+    return (b * launch.cdiv(h, tile["BLOCK_H"]) * launch.cdiv(w, tile["BLOCK_W"]),
+            launch.cdiv(meta["HALF"], meta["BLOCK_C"]))
 
 
-def _weight_grad(gd: torch.Tensor, src: torch.Tensor, k: int) -> torch.Tensor:
-    """fp32 [K, K, Ci] weight gradient from gd [B, h, w, Ci] (fp32 contiguous) and the conv input src."""
-    b, h, w, ci = gd.shape
-    n_pix = b * h * w
-    if launch.interpreting():
-        block_p, block_c, splits = min(launch.next_pow2(n_pix), 64), min(launch.next_pow2(ci), 64), 1
-    else:
-        block_p, block_c = 64, 32
-        # ~4 programs per SM of an H100 in total, each summing at least 16 pixel blocks.
-        splits = max(1, min(launch.cdiv(528, k * k * launch.cdiv(ci, block_c)), launch.cdiv(n_pix, 16 * block_p)))
-    per = launch.cdiv(launch.cdiv(n_pix, splits), block_p) * block_p
-    splits = launch.cdiv(n_pix, per)
-    part = torch.empty((splits, k * k, ci), dtype=torch.float32, device=gd.device)
-    _weight_grad_kernel[(k * k, splits, launch.cdiv(ci, block_c))](gd, src, *src.stride(), part, h, w, ci, n_pix, per,
-                                                                   K=k, BLOCK_P=block_p, BLOCK_C=block_c)
+def weight_grad(gd: torch.Tensor, src: torch.Tensor, k: int, map_h: int, map_w: int) -> torch.Tensor:
+    """fp32 [K, K, Ci] weight gradient from the zero-bordered gd (fp32) and conv input src of one stage."""
+    b, ci = gd.shape[0], gd.shape[-1]
+    block_c = launch.channel_block(ci, launch.WGRAD_BLOCK_C)
+    n_cb = launch.cdiv(ci, block_c)
+    # Enough programs to fill the GPU, each summing at least ~256 pixels before writing its partial.
+    splits = launch.split_count(map_h, b * n_cb, gd.device, launch.cdiv(256, map_w))
+    rows = launch.cdiv(map_h, splits)
+    splits = launch.cdiv(map_h, rows)
+    part = torch.empty((b * splits, k * k, ci), dtype=torch.float32, device=gd.device)
+    launch.run(_weight_grad_kernel, (b * splits, n_cb), gd, gd.stride(0), gd.stride(1), src, src.stride(0),
+               src.stride(1), part, map_w, map_h, rows, splits, S_W=src.stride(2), CI=ci, K=k,
+               TAPS=launch.next_pow2(k * k), EVEN_C=ci % block_c == 0, BLOCK_C=block_c,
+               num_warps=launch.WGRAD_WARPS)
     return part.sum(dim=0).view(k, k, ci)
 
 
 def _stage_backward(grad_out, u, weight, low_h, low_w, sigmoid_gate, gate_scale, grad_acc, accumulate):
     """Add one stage's contribution to grad_acc (fp32 [B, H, W, Ci]); return its fp32 weight gradient."""
     b, h, w, ci = u.shape
-    half = ci // 2
     k = weight.shape[0]
-    dev = u.device
     pooled = (low_h, low_w) != (h, w)
+    src = stage_source(u, k, low_h, low_w)
+    w32 = fp32_weight(weight)
+    meta = conv_meta(src, k)
+    grid = _conv_grid(b, low_h, low_w, meta)
+    gd = padded_buffer(b, low_h, low_w, ci, k, torch.float32, u.device)
+    span_h, span_w = (launch.upsample_span(low_h, h), launch.upsample_span(low_w, w)) if pooled else (1, 1)
+    launch.run(_gate_bwd_kernel, grid, src, src.stride(0), src.stride(1), w32, grad_out, *grad_out.stride(), gd,
+               gd.stride(0), gd.stride(1), low_h, low_w, h, w, span_h, span_w, float(gate_scale),
+               SIGMOID=bool(sigmoid_gate), UPSAMPLED=pooled, **meta, **launch.FIXED_CONV_META)
+    grad_src = torch.empty((b, low_h, low_w, ci), dtype=torch.float32, device=u.device) if pooled else grad_acc
+    launch.run(_conv_input_bwd_kernel, grid, gd, gd.stride(0), gd.stride(1), w32.flip(0, 1).contiguous(), grad_src,
+               grad_src.stride(0), grad_src.stride(1), grad_src.stride(2), low_h, low_w,
+               ACCUMULATE=accumulate and not pooled, **conv_meta(gd, k), **launch.FIXED_CONV_META)
     if pooled:
-        src = torch.empty((b, low_h, low_w, ci), dtype=torch.float32, device=dev)
-        grid, tiles = _grid(b, low_h, low_w, ci)
-        _pool_kernel[grid](u, *u.stride(), src, h, w, low_h, low_w, ci, MAXWH=launch.max_window(h, low_h),
-                           MAXWW=launch.max_window(w, low_w), **tiles)
-        gz = torch.empty((b, low_h, low_w, half), dtype=torch.float32, device=dev)
-        grid, tiles = _grid(b, low_h, low_w, half)
-        _upsample_bwd_kernel[grid](grad_out, *grad_out.stride(), gz, low_h, low_w, h, w, half,
-                                   NY=2 * h // low_h + 3, NX=2 * w // low_w + 3, **tiles)
-    else:
-        src, gz = u, grad_out
-    gd = torch.empty((b, low_h, low_w, ci), dtype=torch.float32, device=dev)
-    grid, tiles = _grid(b, low_h, low_w, half)
-    _gate_bwd_kernel[grid](src, *src.stride(), weight, *weight.stride(), gz, *gz.stride(), gd, low_h, low_w, half,
-                           float(gate_scale), K=k, SIGMOID=bool(sigmoid_gate), **tiles)
-    grid, tiles = _grid(b, low_h, low_w, ci)
-    if pooled:
-        gp = torch.empty((b, low_h, low_w, ci), dtype=torch.float32, device=dev)
-        _conv_input_bwd_kernel[grid](gd, weight, *weight.stride(), gp, low_h, low_w, ci, K=k, ACCUMULATE=False,
-                                     **tiles)
-        grid, tiles = _grid(b, h, w, ci)
-        _pool_bwd_kernel[grid](gp, grad_acc, h, w, low_h, low_w, ci, ACCUMULATE=accumulate, **tiles)
-    else:
-        _conv_input_bwd_kernel[grid](gd, weight, *weight.stride(), grad_acc, h, w, ci, K=k, ACCUMULATE=accumulate,
-                                     **tiles)
-    return _weight_grad(gd, src, k)
+        bh, bw, bc = launch.spatial_tile(h, w, ci)
+        launch.run(_pool_bwd_kernel, (b * launch.cdiv(h, bh) * launch.cdiv(w, bw), launch.cdiv(ci, bc)), grad_src,
+                   grad_acc, h, w, low_h, low_w, ci, ACCUMULATE=accumulate, BLOCK_H=bh, BLOCK_W=bw, BLOCK_C=bc)
+    return weight_grad(gd, src, k, low_h, low_w)
 
 
 def pyramid_backward(grad_out: torch.Tensor, u: torch.Tensor, weights, scales, sigmoid_gate: bool,
@@ -270,6 +237,7 @@ def pyramid_backward(grad_out: torch.Tensor, u: torch.Tensor, weights, scales, s
     for i, (weight, s) in enumerate(zip(weights, scales)):
         launch.check_tensor(weight, f"weights[{i}]", u.device)
         go = grad_out[..., i * half:(i + 1) * half]
-        gw = _stage_backward(go, u, weight, int(h * s), int(w * s), sigmoid_gate, gate_scale, grad_acc, i > 0)
+        gw = _stage_backward(go, u, weight, pooled_size(h, s), pooled_size(w, s), sigmoid_gate, gate_scale,
+                             grad_acc, i > 0)
         grad_ws.append(gw.to(weight.dtype))
     return grad_acc.to(u.dtype), grad_ws
