@@ -192,3 +192,104 @@ def test_int64_offsets_16k_map():
 def test_pyramid_fuzzed_shapes(h, w, half, k, scales, gate):
     # Odd ratios (0.6) and maps smaller than K reach window / tap edge cases a fixed list misses.
     _check_pyramid((1, h, w, 2 * half, k, scales, gate), torch.float32)
+
+
+# --- reductions over several, uneven spatial splits (on a GPU they are the norm; the interpreter forces them) ---
+@pytest.mark.parametrize("splits", [2, 3], ids=lambda n: f"splits{n}")
+def test_weight_grad_reduction_over_forced_splits(splits):
+    from deltaconv_kernels.triton import launch
+
+    # 7 rows in bands of 3 (3, 3, 1) or 4 (4, 3); the pooled stage's 3 rows in bands of 2 (2, 1) or 1 (1, 1, 1).
+    with launch.reduction_splits(splits):
+        _check_pyramid((2, 7, 5, 6, 3, (1.0, 0.5), "sigmoid"), torch.float32)
+
+
+def test_weight_grad_forced_splits_are_bitwise_deterministic():
+    from deltaconv_kernels.triton import launch
+
+    u, weights = _inputs(1, 7, 6, 4, 3, 2, torch.float16)
+    with launch.reduction_splits(3):
+        out = ops.pyramid(u, weights, (1.0, 0.5), "scaled", backend="triton")
+        grad = random_like_grad(out)
+        first = torch.autograd.grad(out, [u, *weights], grad, retain_graph=True)
+        second = torch.autograd.grad(out, [u, *weights], grad)
+    for a, c in zip(first, second):
+        assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("splits", [3, 4], ids=lambda n: f"splits{n}")
+def test_spatial_mean_over_forced_splits(splits):
+    from deltaconv_kernels.triton import launch
+    from deltaconv_kernels.triton.pooled_bias import spatial_mean
+
+    x = torch.randn(2, 5, 7, 12, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    with launch.reduction_splits(splits):  # 35 pixels in 3 x 12 (12, 12, 11) or 4 x 9 (9, 9, 9, 8)
+        got = spatial_mean(x)
+    assert_close(got, x.double().mean(dim=(1, 2)), torch.float32, "spatial mean over forced splits")
+
+
+def test_reduction_splits_rejects_zero():
+    from deltaconv_kernels.triton import launch
+
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        with launch.reduction_splits(0):
+            pass
+
+
+def test_rejects_maps_beyond_int32_index_math():
+    from deltaconv_kernels.triton import launch
+
+    u = torch.zeros(1, launch.MAX_SIDE + 1, 1, 2, device=DEVICE)
+    with pytest.raises(ValueError, match="maps up to 32768 a side"):
+        ops.pyramid(u, [torch.zeros(1, 1, 2, device=DEVICE)], (1.0,), backend="triton")
+
+
+# --- the exact source taps of the upsample backward ---
+def _bilinear_weights(y: int, low: int, out: int) -> dict:
+    """{low-res index: weight} of output index y, exact (fractions), align_corners=False."""
+    from fractions import Fraction
+
+    src = max(Fraction(2 * y + 1, 2) * low / out - Fraction(1, 2), Fraction(0))
+    i0 = min(int(src), low - 1)
+    i1 = min(i0 + 1, low - 1)
+    lam = src - int(src) if i0 == int(src) else Fraction(0)
+    weights = {i0: 1 - lam}
+    weights[i1] = weights.get(i1, 0) + lam
+    return {i: wt for i, wt in weights.items() if wt != 0}
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(low=st.integers(1, 40), extra=st.integers(0, 90))
+def test_upsample_span_covers_exactly_the_reaching_rows(low, extra):
+    from deltaconv_kernels.triton import launch
+
+    out = low + extra
+    weights = [_bilinear_weights(y, low, out) for y in range(out)]
+    widest = 0
+    for i in range(low):
+        reach = [y for y in range(out) if i in weights[y]]  # the rows with a nonzero weight on i, by brute force
+        start = launch.first_reaching_row(i, low, out)
+        end = launch.first_upsample_row(i + 1, low, out) if i + 1 < low else out
+        assert reach == list(range(start, reach[-1] + 1)), (i, reach, start)
+        assert reach[-1] < end
+        widest = max(widest, end - start)
+    assert launch.upsample_span(low, out) == widest
+    if out == 2 * low and low > 1:
+        assert widest == 4  # 2x: the 4 x 4 window
+
+
+def test_record_launches_runs_nothing_and_sees_every_kernel():
+    from deltaconv_kernels.triton import launch, pyramid_backward, pyramid_forward
+
+    u = torch.full((1, 6, 6, 4), float("nan"))
+    weights = [torch.zeros(3, 3, 4), torch.zeros(3, 3, 4)]
+    with launch.record_launches() as fwd:
+        out = pyramid_forward(u, weights, (1.0, 0.5), True, 1.0)
+    names = [getattr(k, "fn", k).__name__ for k, *_ in fwd]
+    assert names == ["_conv_gate_kernel", "_pool_kernel", "_conv_gate_kernel", "_upsample_kernel"]
+    assert out.shape == (1, 6, 6, 4)
+    with launch.record_launches() as bwd:
+        pyramid_backward(torch.zeros(1, 6, 6, 4), u, weights, (1.0, 0.5), True, 1.0)
+    names = [getattr(k, "fn", k).__name__ for k, *_ in bwd]
+    assert names.count("_weight_grad_kernel") == 2 and names.count("_gate_bwd_kernel") == 2
+    assert "_pool_bwd_kernel" in names

@@ -26,15 +26,15 @@ def bilinear_taps(dst, in_size, out_size):
     den = 2 * out_size
     i0 = tl.minimum(num // den, in_size - 1)
     i1 = tl.minimum(i0 + 1, in_size - 1)
-    lam = (num - i0 * den).to(tl.float32) / den.to(tl.float32)
+    # Fast (2-ulp) division: the IEEE one calls a slow-path subroutine whose register saves spill.
+    lam = tl.fdiv((num - i0 * den).to(tl.float32), den.to(tl.float32), ieee_rounding=False)
     return i0, i1, lam
 
 
 @triton.jit
-def first_upsample_row(j, low, out):
-    """Smallest output index whose lower bilinear tap is >= j (0 for j <= 0); `launch.first_upsample_row`."""
-    first = (out * (2 * j + 1) - low + 2 * low - 1) // (2 * low)
-    return tl.where(j <= 0, 0, tl.minimum(first, out))
+def first_reaching_row(i, low, out):
+    """Smallest output index giving low-res index i a nonzero bilinear weight (`launch.first_reaching_row`)."""
+    return tl.where(i <= 0, 0, (out * (2 * i - 1) - low) // (2 * low) + 1)
 
 
 @triton.jit

@@ -29,7 +29,7 @@ TILE_ALIGN = max(max(bh, bw) for bh, bw, _ in CONV_TILES)
 # Taps of the weight-gradient kernel live in one register tensor [next_pow2(K*K), BLOCK_C]; its channel block and
 # warps, and how many rows a region covers at least (so a program amortises its partial write).
 WGRAD_BLOCK_C = 32
-WGRAD_WARPS = 4
+WGRAD_WARPS = 8  # 4 warps (64 accumulators a thread) spill a little on sm_80
 # Programs per SM that the reductions (weight gradient, spatial mean) aim for.
 PROGRAMS_PER_SM = 4
 # SM count assumed where no GPU is asked (the interpreter, the AOT recorder): an H100 SXM / H200.
@@ -91,8 +91,16 @@ def conv_configs() -> list:
     return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw, num_stages=1) for bh, bw, nw in CONV_TILES]
 
 
-FIXED_CONV_META = {"BLOCK_H": CONV_TILES[0][0], "BLOCK_W": CONV_TILES[0][1], "num_warps": CONV_TILES[0][2],
-                   "num_stages": 1}
+def fixed_conv_meta(tile: tuple[int, int, int]) -> dict:
+    bh, bw, nw = tile
+    return {"BLOCK_H": bh, "BLOCK_W": bw, "num_warps": nw, "num_stages": 1}
+
+
+# The backward conv kernels run one fixed tile each (they accumulate or are followed by accumulating kernels).
+# The gate backward of a pooled stage also gathers the upsample gradient: twice the warps for the same tile, or it
+# spills on sm_80 (measured with python/aot_report.py).
+FIXED_CONV_META = fixed_conv_meta(CONV_TILES[0])
+UPSAMPLED_GATE_BWD_META = fixed_conv_meta((8, 16, 8))
 
 
 @functools.lru_cache(maxsize=16)
@@ -105,6 +113,19 @@ def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return DEFAULT_SM_COUNT
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+# Index math (windows, bilinear taps) runs in int32 inside the kernels; addresses are 64-bit.
+MAX_SIDE = 32768
+
+
+def check_map(t: torch.Tensor, name: str) -> None:
+    """A [B, H, W, C] map the kernels can index: H and W up to MAX_SIDE (a 16K image has a 2048-wide latent)."""
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be [B, H, W, C], got shape {tuple(t.shape)}")
+    if max(t.shape[1], t.shape[2]) > MAX_SIDE:
+        raise ValueError(f"{name}: the triton backend takes maps up to {MAX_SIDE} a side, "
+                         f"got {t.shape[1]}x{t.shape[2]}")
 
 
 def check_tensor(t: torch.Tensor, name: str, device: torch.device | None = None) -> None:
@@ -168,15 +189,24 @@ def max_window(in_size: int, out_size: int) -> int:
 
 
 def first_upsample_row(j: int, low: int, out: int) -> int:
-    """Smallest output index whose bilinear (align_corners=False) lower source tap is >= j, for j >= 1
-    (`i0(y) >= j  <=>  (2y + 1) * low - out >= 2 * out * j`); 0 for j <= 0. Mirrors `index_math.first_row`."""
+    """Smallest output index whose lower bilinear (align_corners=False) source tap is >= j, for 1 <= j < low
+    (`i0(y) >= j  <=>  (2y + 1) * low - out >= 2 * out * j`); 0 for j <= 0."""
     if j <= 0:
         return 0
-    return min(out, cdiv(out * (2 * j + 1) - low, 2 * low))
+    return cdiv(out * (2 * j + 1) - low, 2 * low)
+
+
+def first_reaching_row(i: int, low: int, out: int) -> int:
+    """Smallest output index that gives low-res index i a nonzero bilinear weight: its lower tap is i - 1 with
+    a positive fraction (`(2y + 1) * low - out > 2 * out * (i - 1)`), or i itself. Mirrors the kernels' twin."""
+    if i <= 0:
+        return 0
+    return (out * (2 * i - 1) - low) // (2 * low) + 1
 
 
 @functools.lru_cache(maxsize=256)
 def upsample_span(low: int, out: int) -> int:
-    """Most output indices whose bilinear taps reach one low-res index i: those whose lower tap is i-1 or i."""
-    return max((first_upsample_row(i + 1, low, out) if i + 1 < low else out) - first_upsample_row(i - 1, low, out)
+    """Most output indices a low-res index must gather in the upsample backward: from its first reaching row up
+    to the first row whose lower tap is past it (4 at 2x)."""
+    return max((first_upsample_row(i + 1, low, out) if i + 1 < low else out) - first_reaching_row(i, low, out)
                for i in range(low))

@@ -24,7 +24,7 @@ from deltaconv_kernels.triton.index_math import (
     adaptive_window,
     bilinear_weight,
     conv_pair_tile,
-    first_upsample_row,
+    first_reaching_row,
     tile_coords,
     tile_origin,
 )
@@ -45,28 +45,33 @@ def _gate_bwd_kernel(src_ptr, s_b, s_h, w_ptr, g_ptr, g_b, g_h, g_w, g_c, gd_ptr
     tile = src_ptr + b64 * s_b + h0.to(tl.int64) * s_h + (w0 * S_W + c0)
     ca = c0 + tl.arange(0, BLOCK_C)
     cmask = ca < HALF
-    a, g = conv_pair_tile(tile, s_h, w_ptr + c0, cmask, S_W, HALF, K, EVEN_C, BLOCK_H, BLOCK_W, BLOCK_C)
     p = tl.arange(0, BLOCK_H * BLOCK_W)
-    oh = (h0 + p // BLOCK_W).to(tl.int64)
-    ow = (w0 + p % BLOCK_W).to(tl.int64)
+    # Index math in int32 (maps up to 32K a side: the launcher checks); only addresses are 64-bit.
+    oh = h0 + p // BLOCK_W
+    ow = w0 + p % BLOCK_W
     ok = (oh < map_h) & (ow < map_w)
     m = ok[:, None] & cmask[None, :]
     g_base = g_ptr + b64 * g_b + ca.to(tl.int64)[None, :] * g_c
     if UPSAMPLED:
-        # Output rows with lower tap oh-1 or oh (span_h of them at most, exact on the host), the same for columns.
-        y_lo = first_upsample_row(oh - 1, map_h, out_h)
-        x_lo = first_upsample_row(ow - 1, map_w, out_w)
+        # The output rows that reach row oh (span_h of them at most, exact on the host), the same for columns.
+        y_lo = first_reaching_row(oh, map_h, out_h)
+        x_lo = first_reaching_row(ow, map_w, out_w)
         gz = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=tl.float32)
         for dy in range(0, span_h):
             y = y_lo + dy
             wy = tl.where(y < out_h, bilinear_weight(y, oh, map_h, out_h), 0.0)
+            y_off = y.to(tl.int64) * g_h
             for dx in range(0, span_w):
                 x = x_lo + dx
                 wt = wy * tl.where(x < out_w, bilinear_weight(x, ow, map_w, out_w), 0.0)
-                v = tl.load(g_base + (y * g_h + x * g_w)[:, None], mask=m & (wt != 0.0)[:, None], other=0.0)
+                v = tl.load(g_base + (y_off + x.to(tl.int64) * g_w)[:, None], mask=m & (wt != 0.0)[:, None],
+                            other=0.0)
                 gz += v.to(tl.float32) * wt[:, None]
     else:
-        gz = tl.load(g_base + (oh * g_h + ow * g_w)[:, None], mask=m, other=0.0).to(tl.float32)
+        gz = tl.load(g_base + (oh.to(tl.int64) * g_h + ow.to(tl.int64) * g_w)[:, None], mask=m,
+                     other=0.0).to(tl.float32)
+    # gz first: its gather then does not hold registers beside the two conv accumulators.
+    a, g = conv_pair_tile(tile, s_h, w_ptr + c0, cmask, S_W, HALF, K, EVEN_C, BLOCK_H, BLOCK_W, BLOCK_C)
     if SIGMOID:
         sig = 1.0 / (1.0 + tl.exp(-g))
         grad_a = gz * sig
@@ -75,7 +80,7 @@ def _gate_bwd_kernel(src_ptr, s_b, s_h, w_ptr, g_ptr, g_b, g_h, g_w, g_c, gd_ptr
         grad_a = gz * g * gate_scale
         grad_g = gz * a * gate_scale
     P: tl.constexpr = K // 2
-    out = gd_ptr + b64 * d_b + ((oh + P) * d_h + (ow + P) * (2 * HALF))[:, None] + ca[None, :]
+    out = gd_ptr + b64 * d_b + ((oh + P).to(tl.int64) * d_h + (ow + P) * (2 * HALF))[:, None] + ca[None, :]
     tl.store(out, grad_a, mask=m)
     tl.store(out + HALF, grad_g, mask=m)
 
@@ -175,8 +180,7 @@ def _pool_bwd_kernel(gp_ptr, out_ptr, in_h, in_w, map_h, map_w, channels, ACCUMU
     tl.store(out, acc, mask=m)
 
 
-def _conv_grid(b: int, h: int, w: int, meta: dict) -> tuple[int, int]:
-    tile = launch.FIXED_CONV_META
+def _conv_grid(b: int, h: int, w: int, meta: dict, tile: dict) -> tuple[int, int]:
     return (b * launch.cdiv(h, tile["BLOCK_H"]) * launch.cdiv(w, tile["BLOCK_W"]),
             launch.cdiv(meta["HALF"], meta["BLOCK_C"]))
 
@@ -206,14 +210,16 @@ def _stage_backward(grad_out, u, weight, low_h, low_w, sigmoid_gate, gate_scale,
     src = stage_source(u, k, low_h, low_w)
     w32 = fp32_weight(weight)
     meta = conv_meta(src, k)
-    grid = _conv_grid(b, low_h, low_w, meta)
+    gate_tile = launch.UPSAMPLED_GATE_BWD_META if pooled else launch.FIXED_CONV_META
     gd = padded_buffer(b, low_h, low_w, ci, k, torch.float32, u.device)
     span_h, span_w = (launch.upsample_span(low_h, h), launch.upsample_span(low_w, w)) if pooled else (1, 1)
-    launch.run(_gate_bwd_kernel, grid, src, src.stride(0), src.stride(1), w32, grad_out, *grad_out.stride(), gd,
+    launch.run(_gate_bwd_kernel, _conv_grid(b, low_h, low_w, meta, gate_tile), src, src.stride(0), src.stride(1),
+               w32, grad_out, *grad_out.stride(), gd,
                gd.stride(0), gd.stride(1), low_h, low_w, h, w, span_h, span_w, float(gate_scale),
-               SIGMOID=bool(sigmoid_gate), UPSAMPLED=pooled, **meta, **launch.FIXED_CONV_META)
+               SIGMOID=bool(sigmoid_gate), UPSAMPLED=pooled, **meta, **gate_tile)
     grad_src = torch.empty((b, low_h, low_w, ci), dtype=torch.float32, device=u.device) if pooled else grad_acc
-    launch.run(_conv_input_bwd_kernel, grid, gd, gd.stride(0), gd.stride(1), w32.flip(0, 1).contiguous(), grad_src,
+    launch.run(_conv_input_bwd_kernel, _conv_grid(b, low_h, low_w, meta, launch.FIXED_CONV_META), gd, gd.stride(0),
+               gd.stride(1), w32.flip(0, 1).contiguous(), grad_src,
                grad_src.stride(0), grad_src.stride(1), grad_src.stride(2), low_h, low_w,
                ACCUMULATE=accumulate and not pooled, **conv_meta(gd, k), **launch.FIXED_CONV_META)
     if pooled:
@@ -227,6 +233,7 @@ def pyramid_backward(grad_out: torch.Tensor, u: torch.Tensor, weights, scales, s
                      gate_scale: float):
     """(grad_u in u.dtype, [grad_w_i in weights[i].dtype]) of `pyramid_forward`; grad_out may be strided."""
     launch.check_tensor(u, "u")
+    launch.check_map(u, "u")
     launch.check_tensor(grad_out, "grad_out", u.device)
     b, h, w, ci = u.shape
     half = ci // 2

@@ -162,6 +162,7 @@ def fp32_weight(weight: torch.Tensor) -> torch.Tensor:
 def pyramid_forward(u: torch.Tensor, weights, scales, sigmoid_gate: bool, gate_scale: float) -> torch.Tensor:
     """All stages into one concat buffer `[B, H, W, Ci/2 * S]` in u.dtype (u may have any strides)."""
     launch.check_tensor(u, "u")
+    launch.check_map(u, "u")
     b, h, w, ci = u.shape
     half = ci // 2
     out = torch.empty((b, h, w, half * len(scales)), dtype=u.dtype, device=u.device)
