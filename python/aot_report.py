@@ -297,7 +297,9 @@ def compile_cuda_file(path: str, arch: int) -> list[dict]:
     sass_funcs = dict(re.findall(r"Function : (\S+)\n(.*?)(?=\n\s*Function : |\Z)", sass, flags=re.S))
     records = []
     for name, pretty, (info, smem) in zip(mangled, demangle(mangled), infos):
-        short = re.sub(r"\(.*", "", pretty)
+        # "void ns::(anonymous namespace)::name<T, ...>(args)" -> "name<T, ...>"
+        short = re.sub(r"\(anonymous namespace\)::", "", pretty)
+        short = re.sub(r"^void\s+", "", short.split("(")[0]).split("::")[-1]
         records.append({**base, "kernel": f"{os.path.basename(path)}:{short}", "dtype": cuda_dtype(pretty),
                         "compiled": True, "error": None, "registers": info["registers"],
                         "spill_bytes": (info["spill_st"] or 0) + (info["spill_ld"] or 0), "shared_bytes": smem,
