@@ -29,7 +29,9 @@ TILE_ALIGN = max(max(bh, bw) for bh, bw, _ in CONV_TILES)
 # Taps of the weight-gradient kernel live in one register tensor [next_pow2(K*K), BLOCK_C]; its channel block and
 # warps, and how many rows a region covers at least (so a program amortises its partial write).
 WGRAD_BLOCK_C = 32
-WGRAD_WARPS = 8  # 4 warps (64 accumulators a thread) spill a little on sm_80
+# Tap-times-channel elements a thread of the weight-gradient kernel holds, by the conv input's element size: more
+# amortise the loop, fewer leave registers for the loads (4-byte inputs with 64 spill on sm_80; AOT report).
+WGRAD_PER_THREAD = {2: 64, 4: 32}
 # Programs per SM that the reductions (weight gradient, spatial mean) aim for.
 PROGRAMS_PER_SM = 4
 # SM count assumed where no GPU is asked (the interpreter, the AOT recorder): an H100 SXM / H200.
@@ -169,6 +171,10 @@ def spatial_tile(h: int, w: int, channels: int) -> tuple[int, int, int]:
     bw = min(next_pow2(w), 16)
     bh = min(next_pow2(h), max(1, 128 // bw))
     return bh, bw, min(next_pow2(channels), 32)
+
+
+def wgrad_warps(taps: int, block_c: int, element_size: int) -> int:
+    return max(1, min(8, taps * block_c // (32 * WGRAD_PER_THREAD[element_size])))
 
 
 def split_count(work_items: int, blocks: int, device: torch.device, min_per_split: int) -> int:

@@ -190,15 +190,17 @@ def weight_grad(gd: torch.Tensor, src: torch.Tensor, k: int, map_h: int, map_w: 
     b, ci = gd.shape[0], gd.shape[-1]
     block_c = launch.channel_block(ci, launch.WGRAD_BLOCK_C)
     n_cb = launch.cdiv(ci, block_c)
-    # Enough programs to fill the GPU, each summing at least ~256 pixels before writing its partial.
-    splits = launch.split_count(map_h, b * n_cb, gd.device, launch.cdiv(256, map_w))
+    taps = launch.next_pow2(k * k)
+    warps = launch.wgrad_warps(taps, block_c, src.element_size())
+    # Enough warps to fill the GPU (counted in 4-warp programs: small programs get more splits), each split summing
+    # at least ~256 pixels before it writes its partial.
+    splits = launch.split_count(map_h, max(1, b * n_cb * warps // 4), gd.device, launch.cdiv(256, map_w))
     rows = launch.cdiv(map_h, splits)
     splits = launch.cdiv(map_h, rows)
     part = torch.empty((b * splits, k * k, ci), dtype=torch.float32, device=gd.device)
     launch.run(_weight_grad_kernel, (b * splits, n_cb), gd, gd.stride(0), gd.stride(1), src, src.stride(0),
                src.stride(1), part, map_w, map_h, rows, splits, S_W=src.stride(2), CI=ci, K=k,
-               TAPS=launch.next_pow2(k * k), EVEN_C=ci % block_c == 0, BLOCK_C=block_c,
-               num_warps=launch.WGRAD_WARPS)
+               TAPS=taps, EVEN_C=ci % block_c == 0, BLOCK_C=block_c, num_warps=warps)
     return part.sum(dim=0).view(k, k, ci)
 
 
