@@ -293,3 +293,17 @@ def test_record_launches_runs_nothing_and_sees_every_kernel():
     names = [getattr(k, "fn", k).__name__ for k, *_ in bwd]
     assert names.count("_weight_grad_kernel") == 2 and names.count("_gate_bwd_kernel") == 2
     assert "_pool_bwd_kernel" in names
+
+
+@pytest.mark.parametrize("case", [(1, 6, 5, 8, 3, (1.0, 0.5), "sigmoid"), (2, 5, 4, 32, 5, (1.0,), "scaled")],
+                         ids=["ci8", "ci32"])
+def test_pyramid_bf16_read_as_channel_pairs(case):
+    # bf16 sources with whole, even channel blocks are read as int32 words of two channels (PACKED).
+    from deltaconv_kernels.triton import launch, pyramid_forward
+
+    b, h, w, ci, k, scales, gate = case
+    with launch.record_launches() as launches:
+        pyramid_forward(torch.zeros(b, h, w, ci, dtype=torch.bfloat16),
+                        [torch.zeros(k, k, ci, dtype=torch.bfloat16)] * len(scales), scales, gate == "sigmoid", 1.0)
+    assert launches[0][3]["PACKED"] is True  # the s = 1 stage reads the bf16 copy of u
+    _check_pyramid(case, torch.bfloat16)

@@ -73,14 +73,18 @@ def tile_coords(pid, map_h, map_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr)
 
 @triton.jit
 def conv_pair_tile(tile_ptr, s_h, w_ptr, cmask, S_W: tl.constexpr, HALF: tl.constexpr, K: tl.constexpr,
-                   EVEN_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+                   EVEN_C: tl.constexpr, PACKED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
     """Depthwise K x K cross-correlation of a zero-padded channels-last map at one BLOCK_H x BLOCK_W tile, for the
     channel block at `tile_ptr` ("a") and the block HALF channels further ("g"); two fp32 [BLOCK_P, BLOCK_C] sums.
 
     `tile_ptr` points at padded pixel (h0, w0) (= output pixel (h0, w0) shifted by the K//2 border), channel c0;
     rows are `s_h` elements apart, pixels S_W (constexpr: every tap's offset inside a kernel row is a constant the
     compiler folds into the load). `w_ptr` points at fp32 weights [K, K, 2*HALF] (contiguous), channel c0.
-    The padding makes every tap load in bounds: no masks except the channel tail when not EVEN_C."""
+    The padding makes every tap load in bounds: no masks except the channel tail when not EVEN_C.
+    PACKED (bf16 sources): see `conv_pair_tile_bf16`; the weights are then in `packed_weight` order."""
+    if PACKED:
+        return conv_pair_tile_bf16(tile_ptr, s_h, w_ptr, S_W, HALF, K, BLOCK_H, BLOCK_W, BLOCK_C)
     p = tl.arange(0, BLOCK_H * BLOCK_W)
     c = tl.arange(0, BLOCK_C)
     offs = ((p // BLOCK_W) * s_h + (p % BLOCK_W) * S_W)[:, None] + c[None, :]
@@ -105,4 +109,45 @@ def conv_pair_tile(tile_ptr, s_h, w_ptr, cmask, S_W: tl.constexpr, HALF: tl.cons
             acc_g += vg.to(tl.float32) * wg[None, :]
         row += s_h
         w_row += K * CI
+    return acc_a, acc_g
+
+
+@triton.jit
+def bf16_pair(word):
+    """The two bf16 values of an int32 word as fp32 (low = even channel): a bf16 is the top half of its fp32, so one
+    shift or one mask each (the compiler's own conversion of the high half costs a permute and a shift)."""
+    lo = (word << 16).to(tl.float32, bitcast=True)
+    hi = (word & -65536).to(tl.float32, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
+def conv_pair_tile_bf16(tile_ptr, s_h, w_ptr, S_W: tl.constexpr, HALF: tl.constexpr, K: tl.constexpr,
+                        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    """`conv_pair_tile` for a bf16 source read as int32 words of two channels (even channel counts and blocks only),
+    accumulating even and odd channels apart; the weights come with each BLOCK_C block as its even channels, then its
+    odd ones (`packed_weight`). Returns the sums in natural channel order."""
+    BC2: tl.constexpr = BLOCK_C // 2
+    CI: tl.constexpr = 2 * HALF
+    p = tl.arange(0, BLOCK_H * BLOCK_W)
+    c = tl.arange(0, BC2)
+    row = tile_ptr.to(tl.pointer_type(tl.int32)) + \
+        ((p // BLOCK_W) * (s_h // 2) + (p % BLOCK_W) * (S_W // 2))[:, None] + c[None, :]
+    w_row = w_ptr + c
+    a0 = tl.zeros([BLOCK_H * BLOCK_W, BC2], dtype=tl.float32)
+    a1 = tl.zeros([BLOCK_H * BLOCK_W, BC2], dtype=tl.float32)
+    g0 = tl.zeros([BLOCK_H * BLOCK_W, BC2], dtype=tl.float32)
+    g1 = tl.zeros([BLOCK_H * BLOCK_W, BC2], dtype=tl.float32)
+    for _kh in range(K):
+        for kw in tl.static_range(K):
+            va0, va1 = bf16_pair(tl.load(row + kw * (S_W // 2)))
+            vg0, vg1 = bf16_pair(tl.load(row + (kw * (S_W // 2) + HALF // 2)))
+            a0 += va0 * tl.load(w_row + kw * CI)[None, :]
+            a1 += va1 * tl.load(w_row + (kw * CI + BC2))[None, :]
+            g0 += vg0 * tl.load(w_row + (kw * CI + HALF))[None, :]
+            g1 += vg1 * tl.load(w_row + (kw * CI + HALF + BC2))[None, :]
+        row += s_h // 2
+        w_row += K * CI
+    acc_a = tl.reshape(tl.join(a0, a1), [BLOCK_H * BLOCK_W, BLOCK_C])
+    acc_g = tl.reshape(tl.join(g0, g1), [BLOCK_H * BLOCK_W, BLOCK_C])
     return acc_a, acc_g

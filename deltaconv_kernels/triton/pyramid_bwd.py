@@ -28,14 +28,14 @@ from deltaconv_kernels.triton.index_math import (
     tile_coords,
     tile_origin,
 )
-from deltaconv_kernels.triton.pyramid_fwd import conv_meta, fp32_weight, padded_buffer, stage_source
+from deltaconv_kernels.triton.pyramid_fwd import conv_meta, conv_weight, padded_buffer, stage_source
 
 
 @triton.jit
 def _gate_bwd_kernel(src_ptr, s_b, s_h, w_ptr, g_ptr, g_b, g_h, g_w, g_c, gd_ptr, d_b, d_h,
                      map_h, map_w, out_h, out_w, span_h, span_w, gate_scale,
                      S_W: tl.constexpr, HALF: tl.constexpr, K: tl.constexpr, SIGMOID: tl.constexpr,
-                     EVEN_C: tl.constexpr, UPSAMPLED: tl.constexpr, BLOCK_C: tl.constexpr,
+                     EVEN_C: tl.constexpr, PACKED: tl.constexpr, UPSAMPLED: tl.constexpr, BLOCK_C: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """gd (zero-bordered fp32, pixel stride 2*HALF) = gate backward of one tile, the conv recomputed from src.
     gz is grad_out at the tile (UPSAMPLED false) or its bilinear-upsample backward from the out_h x out_w grad."""
@@ -71,7 +71,7 @@ def _gate_bwd_kernel(src_ptr, s_b, s_h, w_ptr, g_ptr, g_b, g_h, g_w, g_c, gd_ptr
         gz = tl.load(g_base + (oh.to(tl.int64) * g_h + ow.to(tl.int64) * g_w)[:, None], mask=m,
                      other=0.0).to(tl.float32)
     # gz first: its gather then does not hold registers beside the two conv accumulators.
-    a, g = conv_pair_tile(tile, s_h, w_ptr + c0, cmask, S_W, HALF, K, EVEN_C, BLOCK_H, BLOCK_W, BLOCK_C)
+    a, g = conv_pair_tile(tile, s_h, w_ptr + c0, cmask, S_W, HALF, K, EVEN_C, PACKED, BLOCK_H, BLOCK_W, BLOCK_C)
     if SIGMOID:
         sig = 1.0 / (1.0 + tl.exp(-g))
         grad_a = gz * sig
@@ -88,7 +88,7 @@ def _gate_bwd_kernel(src_ptr, s_b, s_h, w_ptr, g_ptr, g_b, g_h, g_w, g_c, gd_ptr
 @triton.jit
 def _conv_input_bwd_kernel(src_ptr, s_b, s_h, w_ptr, out_ptr, o_b, o_h, o_w, map_h, map_w,
                            S_W: tl.constexpr, HALF: tl.constexpr, K: tl.constexpr, EVEN_C: tl.constexpr,
-                           ACCUMULATE: tl.constexpr, BLOCK_C: tl.constexpr,
+                           PACKED: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK_C: tl.constexpr,
                            BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """out (+)= conv(gd, flipped kernel) over all 2*HALF channels: gd zero-bordered fp32, out fp32 [B, h, w, 2*HALF]
     (channels contiguous)."""
@@ -98,7 +98,8 @@ def _conv_input_bwd_kernel(src_ptr, s_b, s_h, w_ptr, out_ptr, o_b, o_h, o_w, map
     tile = src_ptr + b64 * s_b + h0.to(tl.int64) * s_h + (w0 * S_W + c0)
     ca = c0 + tl.arange(0, BLOCK_C)
     cmask = ca < HALF
-    acc_a, acc_g = conv_pair_tile(tile, s_h, w_ptr + c0, cmask, S_W, HALF, K, EVEN_C, BLOCK_H, BLOCK_W, BLOCK_C)
+    acc_a, acc_g = conv_pair_tile(tile, s_h, w_ptr + c0, cmask, S_W, HALF, K, EVEN_C, PACKED, BLOCK_H, BLOCK_W,
+                                  BLOCK_C)
     p = tl.arange(0, BLOCK_H * BLOCK_W)
     oh = h0 + p // BLOCK_W
     ow = w0 + p % BLOCK_W
@@ -210,20 +211,20 @@ def _stage_backward(grad_out, u, weight, low_h, low_w, sigmoid_gate, gate_scale,
     k = weight.shape[0]
     pooled = (low_h, low_w) != (h, w)
     src = stage_source(u, k, low_h, low_w)
-    w32 = fp32_weight(weight)
     meta = conv_meta(src, k)
     gate_tile = launch.UPSAMPLED_GATE_BWD_META if pooled else launch.FIXED_CONV_META
     gd = padded_buffer(b, low_h, low_w, ci, k, torch.float32, u.device)
     span_h, span_w = (launch.upsample_span(low_h, h), launch.upsample_span(low_w, w)) if pooled else (1, 1)
     launch.run(_gate_bwd_kernel, _conv_grid(b, low_h, low_w, meta, gate_tile), src, src.stride(0), src.stride(1),
-               w32, grad_out, *grad_out.stride(), gd,
+               conv_weight(weight, meta), grad_out, *grad_out.stride(), gd,
                gd.stride(0), gd.stride(1), low_h, low_w, h, w, span_h, span_w, float(gate_scale),
                SIGMOID=bool(sigmoid_gate), UPSAMPLED=pooled, **meta, **gate_tile)
     grad_src = torch.empty((b, low_h, low_w, ci), dtype=torch.float32, device=u.device) if pooled else grad_acc
-    launch.run(_conv_input_bwd_kernel, _conv_grid(b, low_h, low_w, meta, launch.FIXED_CONV_META), gd, gd.stride(0),
-               gd.stride(1), w32.flip(0, 1).contiguous(), grad_src,
+    gd_meta = conv_meta(gd, k)
+    launch.run(_conv_input_bwd_kernel, _conv_grid(b, low_h, low_w, gd_meta, launch.FIXED_CONV_META), gd, gd.stride(0),
+               gd.stride(1), conv_weight(weight.flip(0, 1), gd_meta), grad_src,
                grad_src.stride(0), grad_src.stride(1), grad_src.stride(2), low_h, low_w,
-               ACCUMULATE=accumulate and not pooled, **conv_meta(gd, k), **launch.FIXED_CONV_META)
+               ACCUMULATE=accumulate and not pooled, **gd_meta, **launch.FIXED_CONV_META)
     if pooled:
         bh, bw, bc = launch.spatial_tile(h, w, ci)
         launch.run(_pool_bwd_kernel, (b * launch.cdiv(h, bh) * launch.cdiv(w, bw), launch.cdiv(ci, bc)), grad_src,

@@ -26,14 +26,16 @@ from deltaconv_kernels.triton.index_math import (
 @triton.jit
 def _conv_gate_kernel(src_ptr, s_b, s_h, w_ptr, out_ptr, o_b, o_h, o_w, o_c, map_h, map_w, gate_scale,
                       S_W: tl.constexpr, HALF: tl.constexpr, K: tl.constexpr, SIGMOID: tl.constexpr,
-                      EVEN_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+                      EVEN_C: tl.constexpr, PACKED: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
+                      BLOCK_W: tl.constexpr):
     """z = gate(conv(src)) on a map_h x map_w map held zero-bordered in `src`; grid (B * tiles, channel blocks)."""
     b, h0, w0 = tile_origin(tl.program_id(0), map_h, map_w, BLOCK_H, BLOCK_W)
     c0 = tl.program_id(1) * BLOCK_C
     tile = src_ptr + b.to(tl.int64) * s_b + h0.to(tl.int64) * s_h + (w0 * S_W + c0)
     ca = c0 + tl.arange(0, BLOCK_C)
     cmask = ca < HALF
-    acc_a, acc_g = conv_pair_tile(tile, s_h, w_ptr + c0, cmask, S_W, HALF, K, EVEN_C, BLOCK_H, BLOCK_W, BLOCK_C)
+    acc_a, acc_g = conv_pair_tile(tile, s_h, w_ptr + c0, cmask, S_W, HALF, K, EVEN_C, PACKED, BLOCK_H, BLOCK_W,
+                                  BLOCK_C)
     z = gate_forward(acc_a, acc_g, gate_scale, SIGMOID)
     p = tl.arange(0, BLOCK_H * BLOCK_W)
     oh = h0 + p // BLOCK_W
@@ -46,7 +48,7 @@ def _conv_gate_kernel(src_ptr, s_b, s_h, w_ptr, out_ptr, o_b, o_h, o_w, o_c, map
 _conv_gate_autotuned = triton.autotune(
     configs=launch.conv_configs(),
     # Everything that changes the compiled kernel (the tensors' dtypes are added by the autotuner).
-    key=["map_h", "map_w", "S_W", "HALF", "K", "SIGMOID", "EVEN_C", "BLOCK_C"],
+    key=["map_h", "map_w", "S_W", "HALF", "K", "SIGMOID", "EVEN_C", "PACKED", "BLOCK_C"],
 )(_conv_gate_kernel)
 
 
@@ -123,24 +125,39 @@ def stage_source(u: torch.Tensor, k: int, map_h: int, map_w: int) -> torch.Tenso
 
 
 def conv_meta(src: torch.Tensor, k: int) -> dict:
-    """Constexprs of the conv kernels for a zero-bordered source [B, Hp, Wp, Ci] (contiguous)."""
+    """Constexprs of the conv kernels for a zero-bordered source [B, Hp, Wp, Ci] (contiguous). PACKED: a bf16 source
+    read as words of two channels (needs whole, even channel blocks)."""
     half = src.shape[-1] // 2
     bc = launch.channel_block(half)
-    return {"S_W": src.stride(2), "HALF": half, "K": k, "EVEN_C": half % bc == 0, "BLOCK_C": bc}
+    even = half % bc == 0
+    return {"S_W": src.stride(2), "HALF": half, "K": k, "EVEN_C": even,
+            "PACKED": src.dtype == torch.bfloat16 and even and bc % 2 == 0, "BLOCK_C": bc}
 
 
-def conv_gate(src: torch.Tensor, weight32: torch.Tensor, out: torch.Tensor, map_h: int, map_w: int,
+def conv_weight(weight: torch.Tensor, meta: dict) -> torch.Tensor:
+    """The fp32 contiguous [K, K, Ci] kernel the conv kernels read (converted once here, not at every tap); for a
+    PACKED source each BLOCK_C block of channels is reordered to its even channels, then its odd ones."""
+    w32 = weight.to(torch.float32).contiguous()
+    if not meta["PACKED"]:
+        return w32
+    k, _, ci = w32.shape
+    bc = meta["BLOCK_C"]
+    return w32.view(k, k, ci // bc, bc // 2, 2).transpose(-1, -2).reshape(k, k, ci).contiguous()
+
+
+def conv_gate(src: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, map_h: int, map_w: int,
               sigmoid_gate: bool, gate_scale: float) -> None:
     """Launch z = gate(conv(src)) into `out` [B, map_h, map_w, Ci/2] (any strides); `src` from `stage_source`,
-    `weight32` the fp32 contiguous [K, K, Ci] kernel."""
+    `weight` the stage's [K, K, Ci] kernel."""
     b = src.shape[0]
-    meta = conv_meta(src, weight32.shape[0])
+    meta = conv_meta(src, weight.shape[0])
 
     def grid(m):
         return (b * triton.cdiv(map_h, m["BLOCK_H"]) * triton.cdiv(map_w, m["BLOCK_W"]),
                 triton.cdiv(meta["HALF"], meta["BLOCK_C"]))
 
-    launch.run(_conv_gate_autotuned, grid, src, src.stride(0), src.stride(1), weight32, out, *out.stride(),
+    launch.run(_conv_gate_autotuned, grid, src, src.stride(0), src.stride(1), conv_weight(weight, meta), out,
+               *out.stride(),
                map_h, map_w, float(gate_scale), SIGMOID=bool(sigmoid_gate), **meta)
 
 
@@ -152,11 +169,6 @@ def upsample(z_low: torch.Tensor, out: torch.Tensor) -> None:
     grid = (b * launch.cdiv(out_h, bh) * launch.cdiv(out_w, bw), launch.cdiv(c, bc))
     launch.run(_upsample_kernel, grid, z_low, z_low.stride(0), z_low.stride(1), z_low.stride(2), out, *out.stride(),
                low_h, low_w, out_h, out_w, c, BLOCK_H=bh, BLOCK_W=bw, BLOCK_C=bc)
-
-
-def fp32_weight(weight: torch.Tensor) -> torch.Tensor:
-    """The conv kernels read fp32 contiguous weights (converted once here, not at every tap)."""
-    return weight.to(torch.float32).contiguous()
 
 
 def pyramid_forward(u: torch.Tensor, weights, scales, sigmoid_gate: bool, gate_scale: float) -> torch.Tensor:
@@ -172,9 +184,9 @@ def pyramid_forward(u: torch.Tensor, weights, scales, sigmoid_gate: bool, gate_s
         low_h, low_w = pooled_size(h, s), pooled_size(w, s)
         src = stage_source(u, weight.shape[0], low_h, low_w)
         if (low_h, low_w) == (h, w):
-            conv_gate(src, fp32_weight(weight), dst, h, w, sigmoid_gate, gate_scale)
+            conv_gate(src, weight, dst, h, w, sigmoid_gate, gate_scale)
             continue
         z_low = torch.empty((b, low_h, low_w, half), dtype=torch.float32, device=u.device)
-        conv_gate(src, fp32_weight(weight), z_low, low_h, low_w, sigmoid_gate, gate_scale)
+        conv_gate(src, weight, z_low, low_h, low_w, sigmoid_gate, gate_scale)
         upsample(z_low, dst)
     return out
