@@ -7,8 +7,8 @@
 
 Every count is a `Flops` breakdown (linear / attention / conv / bias) so that the parts
 `torch.utils.flop_counter.FlopCounterMode` can see are checked separately (tests/test_flops.py).
-`python -m deltaconv_kernels.flops` prints the paper's Table 1 next to ours. Stands on its own: imports nothing
-from the package.
+`python -m deltaconv_kernels.flops` prints the paper's Table 1 next to ours. Imports from the package only
+`geometry.pooled_size` (the one definition of a stage's pooled size).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass, fields
+
+from deltaconv_kernels.geometry import pooled_size
 
 METHODS = ("deltaconv", "sdpa", "neighborhood", "ditfastattn", "linfusion", "mediator")
 
@@ -138,11 +140,12 @@ def mediator(h: int, w: int, c: int, mediators: int = 64, batch: int = 2) -> Flo
 def deltaconv(h: int, w: int, c: int, kernel_size: int, scales=(1.0, 0.5), inter_ratio: float = 0.5,
               batch: int = 2) -> Flops:
     """ΔConvBlock (DESIGN §1): proj_in (C -> Ci), per stage a K x K depthwise conv over Ci channels at the
-    pooled size int(H s) x int(W s), proj_out (Ci/2 * S -> C), and the pooled-bias C x C GEMM once per sample."""
+    pooled size `geometry.pooled_size(H, W, s)`, proj_out (Ci/2 * S -> C), and the pooled-bias C x C GEMM once
+    per sample."""
     n = h * w
     ci = int(c * inter_ratio)
     cat = ci // 2 * len(scales)
-    conv = sum(2 * kernel_size * kernel_size * int(h * s) * int(w * s) * ci for s in scales)
+    conv = sum(2 * kernel_size * kernel_size * math.prod(pooled_size(h, w, s)) * ci for s in scales)
     per_sample = Flops(linear=2 * n * c * ci + 2 * n * cat * c + 2 * c * c, conv=conv, bias=n * ci + n * c + c)
     return per_sample * batch
 
