@@ -59,8 +59,13 @@ def check_gate(gate: str) -> str:
     return gate
 
 
+def check_inter_ratio(inter_ratio) -> float:
+    """A finite inner-width ratio > 0."""
+    return _check_real(inter_ratio, "inter_ratio")
+
+
 def check_inner_channels(dim: int, inter_ratio: float) -> int:
-    inter_ratio = _check_real(inter_ratio, "inter_ratio")
+    inter_ratio = check_inter_ratio(inter_ratio)
     ci = int(dim * inter_ratio)
     if ci < 2 or ci % 2:
         raise ValueError(f"int(dim * inter_ratio) = int({dim} * {inter_ratio}) = {ci} must be even and >= 2 "

@@ -64,7 +64,7 @@ class LatentDataset:
         return batch
 
     def save(self, path: str | Path) -> None:
-        from deltaconv_kernels.distill.checkpointing import atomic_write
+        from deltaconv_kernels.fileio import atomic_write
 
         state = {"latents": self.latents, "prompt_embeds": torch.stack(self.prompt_embeds), **self.added}
         atomic_write(path, lambda f: torch.save(state, f))
