@@ -89,14 +89,14 @@ def check_size(size) -> tuple[int, int]:
         raise ValueError(f"size must be a pair (H, W), got {len(size)} values {size}")
     out = []
     for v in size:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        if isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.SymInt)):
             if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point():
                 v = int(v)
             else:
                 raise TypeError(f"size must be a pair (H, W) of ints, got {size!r} ({type(v).__name__} {v!r})")
         if v < 1:
             raise ValueError(f"size must be a pair (H, W) of positive ints, got {size}")
-        out.append(int(v))
+        out.append(v if isinstance(v, torch.SymInt) else int(v))  # a SymInt stays symbolic under torch.compile
     return out[0], out[1]
 
 

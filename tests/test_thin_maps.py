@@ -29,10 +29,10 @@ def test_pooled_size_floor_of_one():
     assert pooled_size(7, 7, 1.0) == (7, 7)
 
 
-@pytest.mark.parametrize("backend", [_backend_param(n) for n in ("torch", "cpu", "triton")])
+@pytest.mark.parametrize("backend", [_backend_param(n) for n in ("torch", "cpu", "triton", "cuda")])
 @pytest.mark.parametrize("b,h,w", THIN)
 def test_thin_map_every_backend_matches_reference(backend, b, h, w, gen):
-    device = "cpu"
+    device = "cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) else "cpu"
     check_pyramid_backend(backend, (b, h, w, 6, 3, (1.0, 0.5, 0.25), "scaled"), torch.float32, device, gen)
 
 
