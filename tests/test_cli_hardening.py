@@ -77,8 +77,10 @@ def test_distill_misuse(model_dir, tmp_path, capsys, case, fresh_accelerate_stat
 
 
 @NO_CUDA
-def test_distill_backend_without_gpu(model_dir, tmp_path, capsys):
-    _usage_error(capsys, _distill(model_dir, tmp_path / "out", "--backend", "cuda"), "backend 'cuda' was forced")
+def test_distill_backend_without_gpu(model_dir, tmp_path, capsys, monkeypatch):
+    _usage_error(capsys, _distill(model_dir, tmp_path / "out", "--backend", "cuda"), "backend 'cuda'")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # outside the interpreter Triton needs a GPU
+    _usage_error(capsys, _distill(model_dir, tmp_path / "out", "--backend", "triton"), "backend 'triton'")
 
 
 def test_distill_output_dir_is_a_file(model_dir, tmp_path, capsys):
