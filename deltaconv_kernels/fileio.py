@@ -15,6 +15,14 @@ from pathlib import Path
 
 
 def _umask() -> int:
+    """The process umask: read from /proc on Linux (no change, so thread-safe), else set and restored."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
