@@ -506,16 +506,23 @@ def _split(text: str, allowed, what: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in items if t not in allowed]
     if bad or not items:
-        raise SystemExit(f"--{what} must be a comma-separated subset of {tuple(allowed)}, got {text!r}")
+        raise ValueError(f"--{what} must be a comma-separated subset of {tuple(allowed)}, got {text!r}")
     return items
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from deltaconv_kernels.cli import check_at_least, check_device, check_output_dir, check_positive
+
     methods = _split(args.methods, METHODS, "methods")
     models = _split(args.models, flops.LAYER_SHAPES, "models")
-    device = torch.device(args.device)
+    device = check_device(args.device)
+    check_at_least(args.batch, 1, "--batch")
+    check_positive(args.time_budget, "--time-budget")
+    check_positive(args.max_call, "--max-call")
+    resolution(args.max_resolution)
+    out = check_output_dir(args.out, "--out")
     cfg = BenchConfig.for_device(device, DTYPES[args.dtype] if args.dtype else None, args.batch,
                                  budget_s=args.time_budget,
                                  max_call_s=args.max_call or (2.0 if device.type == "cuda" else 6.0))
@@ -527,7 +534,6 @@ def run(args: argparse.Namespace) -> int:
         res = run_case(case, planner)
         if res.extrapolated:
             tqdm.write(f"skip {case.name}: {res.reason}")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(cfg)
     header = (f"device={env['device']} dtype={env['dtype']} batch={cfg.batch} threads={env['threads']} "

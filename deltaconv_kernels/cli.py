@@ -30,6 +30,48 @@ def run(args: argparse.Namespace) -> int:  # `info`
     return 0
 
 
+# ---- argument checks shared by the subcommands (each raises ValueError naming the option; main prints it)
+
+def check_device(name: str, option: str = "--device"):
+    """`cpu` or `cuda[:i]` on a machine that has it, as a torch.device."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{option} must be cpu or cuda, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{option} must be cpu or cuda, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{option} {name}: no CUDA GPU is available here (torch.cuda.is_available() is False)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{option} {name}: there are only {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def check_output_dir(path, option: str):
+    """A folder that exists or can be created: refused up front when it (or a parent) is a file."""
+    from pathlib import Path
+
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{option} {path}: {p} is a file, not a folder")
+    return path
+
+
+def check_at_least(value, minimum, option: str):
+    if value is not None and not value >= minimum:
+        raise ValueError(f"{option} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_positive(value, option: str):
+    if value is not None and not value > 0:
+        raise ValueError(f"{option} must be > 0, got {value}")
+    return value
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deltaconv", description="ΔConvFusion kernels and tools")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -42,9 +84,17 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand. A bad argument or input is `deltaconv <command>: error: ...` on stderr and exit code 2
+    (as argparse does for its own errors), never a traceback."""
+    from deltaconv_kernels.ops.registry import BackendUnavailableError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
-    return importlib.import_module(SUBCOMMANDS[args.command][0]).run(args)
+    try:
+        return importlib.import_module(SUBCOMMANDS[args.command][0]).run(args)
+    except (ValueError, TypeError, OSError, BackendUnavailableError) as exc:
+        print(f"deltaconv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@
 
 Every count is a `Flops` breakdown (linear / attention / conv / bias) so that the parts
 `torch.utils.flop_counter.FlopCounterMode` can see are checked separately (tests/test_flops.py).
-`python -m deltaconv_kernels.flops` prints the paper's Table 1 next to ours. Stands on its own: imports nothing
-from the package.
+`python -m deltaconv_kernels.flops` prints the paper's Table 1 next to ours. Imports from the package only the
+torch-free `geometry.pooled_size` (a stage's pooled size) and `ditfastattn_schedule` (DiTFastAttn's plan).
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass, fields
+
+from deltaconv_kernels.ditfastattn_schedule import PUBLISHED_WINDOW, DiTFastAttnSchedule, window_half_width
+from deltaconv_kernels.geometry import pooled_size
 
 METHODS = ("deltaconv", "sdpa", "neighborhood", "ditfastattn", "linfusion", "mediator")
 
@@ -98,26 +101,27 @@ def band_pairs(n: int, half_width: int) -> int:
     return n * (2 * w + 1) - w * (w + 1)
 
 
-def ditfastattn(h: int, w: int, c: int, modes=None, window: float | int = 0.125, cfg_share=None,
+def ditfastattn(h: int, w: int, c: int, modes=None, window: float | int = PUBLISHED_WINDOW, cfg_share=None,
                 batch: int = 2) -> Flops:
-    """Mean per-step FLOPs of DiTFastAttn-style attention over a schedule of modes (see baselines.ditfastattn):
-    "full" = full attention + the window pass for the residual, "window_residual" = projections + window
-    attention, "share_timestep" = nothing. CFG sharing halves the batch of that step. Default schedule:
-    20 steps with a full step every 5 (`DiTFastAttnSchedule.periodic(20, 5)`)."""
+    """Mean per-step FLOPs of DiTFastAttn-style attention over a plan of modes (see ditfastattn_schedule):
+    "full" = full attention, plus the window pass for the residual only when a window step follows before the
+    next full step (as the layer does), "window_residual" = projections + window attention, "share_timestep" =
+    nothing. CFG sharing halves the batch of that step. `window`: tokens (64, as published) or a fraction of N.
+    Default plan: our periodic heuristic, 20 steps with a full step every 5 (`DiTFastAttnSchedule.periodic`)."""
     n = h * w
-    modes = list(modes) if modes is not None else ["full" if i % 5 == 0 else "window_residual" for i in range(20)]
-    cfg_share = list(cfg_share) if cfg_share is not None else [False] * len(modes)
-    half = window if isinstance(window, int) else math.ceil(float(window) * n)
-    win = Flops(attention=4 * band_pairs(n, half) * c)
+    modes = DiTFastAttnSchedule.periodic(20, 5).modes if modes is None else modes
+    plan = DiTFastAttnSchedule(modes, cfg_share)
+    win = Flops(attention=4 * band_pairs(n, window_half_width(n, window)) * c)
     per_mode = {
-        "full": _projections(n, c) + Flops(attention=4 * n * n * c) + win,
+        "full": _projections(n, c) + Flops(attention=4 * n * n * c),
         "window_residual": _projections(n, c) + win,
         "share_timestep": Flops(),
     }
     total = Flops()
-    for mode, share in zip(modes, cfg_share):
-        total = total + per_mode[mode] * (batch // 2 if share else batch)
-    return total * (1 / len(modes))
+    for step in range(len(plan)):
+        cost = per_mode[plan.mode(step)] + (win if plan.needs_residual(step) else Flops())
+        total = total + cost * (batch // 2 if plan.shares_cfg(step) else batch)
+    return total * (1 / len(plan))
 
 
 def linfusion(h: int, w: int, c: int, heads: int, batch: int = 2) -> Flops:
@@ -138,11 +142,12 @@ def mediator(h: int, w: int, c: int, mediators: int = 64, batch: int = 2) -> Flo
 def deltaconv(h: int, w: int, c: int, kernel_size: int, scales=(1.0, 0.5), inter_ratio: float = 0.5,
               batch: int = 2) -> Flops:
     """ΔConvBlock (DESIGN §1): proj_in (C -> Ci), per stage a K x K depthwise conv over Ci channels at the
-    pooled size int(H s) x int(W s), proj_out (Ci/2 * S -> C), and the pooled-bias C x C GEMM once per sample."""
+    pooled size `geometry.pooled_size(H, W, s)`, proj_out (Ci/2 * S -> C), and the pooled-bias C x C GEMM once
+    per sample."""
     n = h * w
     ci = int(c * inter_ratio)
     cat = ci // 2 * len(scales)
-    conv = sum(2 * kernel_size * kernel_size * int(h * s) * int(w * s) * ci for s in scales)
+    conv = sum(2 * kernel_size * kernel_size * math.prod(pooled_size(h, w, s)) * ci for s in scales)
     per_sample = Flops(linear=2 * n * c * ci + 2 * n * cat * c + 2 * c * c, conv=conv, bias=n * ci + n * c + c)
     return per_sample * batch
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -30,8 +28,9 @@ class DeltaConvBlock(nn.Module):
         self.scales = validation.check_scales(scales)
         self.gate = validation.check_gate(gate)
         self.inner_dim = validation.check_inner_channels(dim, inter_ratio)
-        self.inter_ratio = inter_ratio
-        self.gate_scale = float(gate_scale) if gate_scale is not None else default_gate_scale(self.inner_dim)
+        self.inter_ratio = float(inter_ratio)
+        self.gate_scale = (validation.check_gate_scale(gate_scale) if gate_scale is not None
+                           else default_gate_scale(self.inner_dim))
         if backend is not None and backend not in ops.registry.BACKENDS:
             raise ValueError(f"backend must be one of {ops.registry.BACKENDS} or None, got {backend!r}")
         self.backend = backend
@@ -75,8 +74,9 @@ class _DepthwiseKernel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # The released kernels use kaiming_uniform_ on the [K, K, Ci] tensor (fan_in = K * Ci).
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        # As the released kernels: kaiming_uniform_ at its default a=0 on the [K, K, Ci] tensor (fan_in = K * Ci,
+        # bound sqrt(6 / fan_in)).
+        nn.init.kaiming_uniform_(self.weight)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.weight.shape[0]}, channels={self.weight.shape[2]}"

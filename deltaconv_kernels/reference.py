@@ -3,7 +3,8 @@
 Every fast backend is tested against these functions. They are written from the formulas, not from the
 library ops the tests compare them with: adaptive pooling as explicit window sums, bilinear upsampling
 as an explicit two-tap gather. All arithmetic is fp32 (fp64 for fp64 inputs); the result is rounded to
-the input dtype once, at the end. This module imports nothing from the package.
+the input dtype once, at the end. From the package it imports only `geometry.pooled_size`, the one definition
+of the pooled size.
 """
 
 from __future__ import annotations
@@ -13,17 +14,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-GATES = ("scaled", "sigmoid")
+from deltaconv_kernels.geometry import pooled_size
+
+GATES = ("scaled", "sigmoid")  # the one definition (validation.py imports it)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype all internal math runs in: fp64 stays fp64, everything else is fp32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def pooled_size(size: int, scale: float) -> int:
-    """Output size of the pooling at `scale` (DESIGN §1: `int(H*s)`)."""
-    return int(size * scale)
 
 
 def default_gate_scale(inner_channels: int) -> float:
@@ -38,21 +36,20 @@ def adaptive_window(o: int, in_size: int, out_size: int) -> tuple[int, int]:
     return start, end
 
 
-def _pool_matrix(in_size: int, out_size: int, dtype, device) -> torch.Tensor:
-    """[out, in] averaging matrix of the adaptive windows along one axis."""
-    m = torch.zeros(out_size, in_size, dtype=dtype, device=device)
+def _pool_axis(t: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
+    """Adaptive window means along `dim`: each output sums only its own window, so a non-finite value
+    reaches only the windows that hold it (as in F.adaptive_avg_pool2d; a weight matrix would give 0*inf=NaN)."""
+    in_size = t.shape[dim]
+    means = []
     for o in range(out_size):
         s, e = adaptive_window(o, in_size, out_size)
-        m[o, s:e] = 1.0 / (e - s)
-    return m
+        means.append(t.narrow(dim, s, e - s).sum(dim=dim, keepdim=True) / (e - s))
+    return torch.cat(means, dim=dim)
 
 
 def adaptive_avg_pool(t: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     """Adaptive average pooling of a channels-last `[B, H, W, C]` tensor (separable window averages)."""
-    _, h, w, _ = t.shape
-    ph = _pool_matrix(h, out_h, t.dtype, t.device)
-    pw = _pool_matrix(w, out_w, t.dtype, t.device)
-    return torch.einsum("oh,bhwc,pw->bopc", ph, t, pw)
+    return _pool_axis(_pool_axis(t, 1, out_h), 2, out_w)
 
 
 def bilinear_source(out_index: torch.Tensor, in_size: int, out_size: int):
@@ -102,7 +99,7 @@ def pyramid_stage(u: torch.Tensor, weight: torch.Tensor, scale: float, gate: str
     cd = compute_dtype(u.dtype)
     t = u.to(cd)
     if scale != 1.0:
-        t = adaptive_avg_pool(t, pooled_size(h, scale), pooled_size(w, scale))
+        t = adaptive_avg_pool(t, *pooled_size(h, w, scale))
     z = apply_gate(depthwise_conv(t, weight.to(cd)), gate, gate_scale)
     if scale != 1.0:
         z = bilinear_upsample(z, h, w)

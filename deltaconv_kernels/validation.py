@@ -3,10 +3,15 @@ what was expected, so bad input never reaches a kernel (no segfaults, no silent 
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Iterable
+
 import torch
 
+from deltaconv_kernels.reference import GATES
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-GATES = ("scaled", "sigmoid")
 
 
 def check_kernel_size(kernel_size, name: str = "kernel_size") -> int:
@@ -18,6 +23,13 @@ def check_kernel_size(kernel_size, name: str = "kernel_size") -> int:
 
 
 def check_scales(scales) -> tuple[float, ...]:
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Iterable):
+        raise TypeError(f"scales must be a sequence of floats such as (1.0, 0.5), got {type(scales).__name__} "
+                        f"{scales!r}")
+    scales = tuple(scales)
+    for s in scales:
+        if isinstance(s, bool) or not isinstance(s, numbers.Real):
+            raise TypeError(f"scales must hold real numbers, got {type(s).__name__} {s!r} in {scales}")
     scales = tuple(float(s) for s in scales)
     if not scales:
         raise ValueError("scales must name at least one scale, got an empty tuple")
@@ -27,13 +39,33 @@ def check_scales(scales) -> tuple[float, ...]:
     return scales
 
 
+def _check_real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def check_gate_scale(gate_scale) -> float:
+    """A finite gate scale > 0 (the scaled gate multiplies by it)."""
+    return _check_real(gate_scale, "gate_scale")
+
+
 def check_gate(gate: str) -> str:
     if gate not in GATES:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
     return gate
 
 
+def check_inter_ratio(inter_ratio) -> float:
+    """A finite inner-width ratio > 0."""
+    return _check_real(inter_ratio, "inter_ratio")
+
+
 def check_inner_channels(dim: int, inter_ratio: float) -> int:
+    inter_ratio = check_inter_ratio(inter_ratio)
     ci = int(dim * inter_ratio)
     if ci < 2 or ci % 2:
         raise ValueError(f"int(dim * inter_ratio) = int({dim} * {inter_ratio}) = {ci} must be even and >= 2 "
@@ -48,32 +80,45 @@ def check_float_tensor(t: torch.Tensor, name: str) -> None:
         raise TypeError(f"{name} must have a floating dtype in {FLOAT_DTYPES}, got {t.dtype}")
 
 
-def check_pooled_sizes(h: int, w: int, scales) -> None:
-    for s in scales:
-        if int(h * s) < 1 or int(w * s) < 1:
-            raise ValueError(f"scale {s} pools the {h}x{w} map to {int(h * s)}x{int(w * s)}: every pooled size "
-                             "must be >= 1 (use a larger map or a larger scale)")
+def check_size(size) -> tuple[int, int]:
+    """`size=(H, W)`: exactly two positive ints (no floats: 3.9 is not silently 3)."""
+    if isinstance(size, (str, bytes)) or not isinstance(size, Iterable):
+        raise TypeError(f"size must be a pair (H, W) of ints, got {type(size).__name__} {size!r}")
+    size = tuple(size)
+    if len(size) != 2:
+        raise ValueError(f"size must be a pair (H, W), got {len(size)} values {size}")
+    out = []
+    for v in size:
+        if isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.SymInt)):
+            if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point():
+                v = int(v)
+            else:
+                raise TypeError(f"size must be a pair (H, W) of ints, got {size!r} ({type(v).__name__} {v!r})")
+        if v < 1:
+            raise ValueError(f"size must be a pair (H, W) of positive ints, got {size}")
+        out.append(v if isinstance(v, torch.SymInt) else int(v))  # a SymInt stays symbolic under torch.compile
+    return out[0], out[1]
 
 
 def as_spatial(x: torch.Tensor, size, dim: int | None = None, name: str = "x") -> torch.Tensor:
     """View `[B, H, W, C]` or `[B, N, C]` (+ `size=(H, W)`) as `[B, H, W, C]` without a copy."""
     check_float_tensor(x, name)
     if x.dim() == 4:
-        if size is not None and tuple(size) != tuple(x.shape[1:3]):
+        if size is not None and check_size(size) != tuple(x.shape[1:3]):
             raise ValueError(f"size={tuple(size)} disagrees with {name}.shape[1:3]={tuple(x.shape[1:3])}")
     elif x.dim() == 3:
         if size is None:
             raise ValueError(f"{name} is [B, N, C] {tuple(x.shape)}: pass size=(H, W) with H*W == N")
-        h, w = (int(v) for v in size)
-        if h < 1 or w < 1 or h * w != x.shape[1]:
+        h, w = check_size(size)
+        if h * w != x.shape[1]:
             raise ValueError(f"size={(h, w)} gives H*W={h * w}, but {name} has N={x.shape[1]} tokens")
         x = x.unflatten(1, (h, w))
     else:
         raise ValueError(f"{name} must be [B, H, W, C] or [B, N, C], got rank {x.dim()} shape {tuple(x.shape)}")
     if dim is not None and x.shape[-1] != dim:
         raise ValueError(f"{name} has {x.shape[-1]} channels in its last dim, expected dim={dim}")
-    if x.shape[0] < 1 or x.shape[-1] < 1:
-        raise ValueError(f"{name} must have B >= 1 and C >= 1, got shape {tuple(x.shape)}")
+    if min(x.shape) < 1:
+        raise ValueError(f"{name} must have B, H, W, C >= 1, got shape {tuple(x.shape)}")
     return x
 
 
@@ -87,7 +132,8 @@ def check_pyramid_args(u: torch.Tensor, weights, scales) -> None:
     if len(weights) != len(scales):
         raise ValueError(f"weights and scales must have one entry per stage, got {len(weights)} and {len(scales)}")
     check_scales(scales)
-    check_pooled_sizes(u.shape[1], u.shape[2], scales)
+    if min(u.shape) < 1:
+        raise ValueError(f"u must have B, H, W >= 1, got shape {tuple(u.shape)}")
     for i, w in enumerate(weights):
         check_float_tensor(w, f"weights[{i}]")
         if w.dim() != 3 or w.shape[0] != w.shape[1] or w.shape[2] != ci:

@@ -11,7 +11,7 @@ def stage_nchw(u_nchw, weight_kkc, scale, gate, gate_scale):
     k = weight_kkc.shape[0]
     t = u_nchw
     if scale != 1:
-        t = F.adaptive_avg_pool2d(t, (int(h * scale), int(w * scale)))
+        t = F.adaptive_avg_pool2d(t, (max(1, int(h * scale)), max(1, int(w * scale))))
     conv = nn.Conv2d(ci, ci, k, padding=k // 2, groups=ci, bias=False).to(t.dtype)
     with torch.no_grad():
         conv.weight.copy_(weight_kkc.detach().permute(2, 0, 1).unsqueeze(1))

@@ -290,3 +290,54 @@ def test_bad_input_errors(name):
 def test_neighborhood_kernel_size_must_be_odd():
     with pytest.raises(ValueError, match="positive odd int"):
         baselines.NeighborhoodAttention(8, 2, kernel_size=4)
+
+
+def _count_window_calls(monkeypatch):
+    from deltaconv_kernels.baselines import ditfastattn
+
+    calls = []
+    real = ditfastattn.window_attention_1d
+    monkeypatch.setattr(ditfastattn, "window_attention_1d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("modes,window_passes", [
+    (["full", "share_timestep", "full"], 0),              # no window step: no residual is ever computed
+    (["full", "share_timestep", "window_residual"], 2),   # step 0 caches it for step 2 (which runs a window pass)
+    (["full", "full", "window_residual"], 2),             # only the full step right before the window step
+])
+def test_ditfastattn_residual_only_when_a_window_step_follows(gen, monkeypatch, modes, window_passes):
+    calls = _count_window_calls(monkeypatch)
+    layer = make(baselines.DiTFastAttnAttention, 16, 2, gen, schedule=schedule(modes), window=2)
+    x = rand_x(1, 30, 16, gen)
+    for _ in modes:
+        layer(x)
+    assert len(calls) == window_passes
+    assert layer.schedule.needs_residual(0) == (modes[1:].index("window_residual") < (modes[1:] + ["full"]).index(
+        "full") if "window_residual" in modes[1:] else False)
+
+
+def test_ditfastattn_cfg_sharing_computes_the_chosen_half(gen):
+    sched = schedule(["full"], [True])
+    layer = make(baselines.DiTFastAttnAttention, 16, 4, gen, schedule=sched, cond_half="first")
+    full = baselines.SDPASelfAttention(16, 4, dtype=F64)
+    full.load_state_dict(layer.state_dict(), strict=True)
+    x = rand_x(4, 20, 16, gen)
+    y = layer(x)
+    assert torch.equal(y[:2], y[2:])
+    assert_close(y[:2], full(x[:2]))  # DiT's [cond, uncond]: the first half is computed
+    with pytest.raises(ValueError, match="cond_half must be one of"):
+        baselines.DiTFastAttnAttention(8, 2, cond_half="middle")
+
+
+def test_ditfastattn_window_is_a_token_count_and_the_periodic_plan_is_labelled_ours():
+    layer = baselines.DiTFastAttnAttention(8, 2)
+    assert layer.window == 64 and "64 tokens" in repr(layer)
+    assert "our heuristic" in repr(layer.schedule) and "greedily per layer" in repr(layer.schedule)
+    assert "0.125 * N (ours)" in repr(baselines.DiTFastAttnAttention(8, 2, window=0.125))
+    plan = baselines.DiTFastAttnSchedule.periodic(None, 3)
+    assert [plan.mode(i) for i in range(7)] == ["full", "window_residual", "window_residual"] * 2 + ["full"]
+    assert plan.sized(4).modes == ("full", "window_residual", "window_residual", "full")
+    assert not plan.sized(4).needs_residual(3)  # the last step: nothing follows
+    with pytest.raises(ValueError, match="has 2 steps but the scheduler runs 3"):
+        schedule(["full", "window_residual"]).sized(3)

@@ -2,10 +2,13 @@
 and a neighborhood window covering the whole map reproduce the unconverted model (so tokens, heads and sizes are
 wired right); every method runs at a non-square size; bad calls fail clearly."""
 
+import importlib.util
+
 import pytest
 import torch
 from tiny_models import pixart_inputs, tiny_pixart, tiny_unet, unet_inputs
 
+from deltaconv_kernels.baselines import DiTFastAttnSchedule
 from deltaconv_kernels.integrations.diffusers import METHODS, BaselineAttention, convert, replace_attention
 from deltaconv_kernels.testing import assert_close
 
@@ -53,3 +56,121 @@ def test_errors():
     convert(model)
     with pytest.raises(ValueError, match="already has its self-attention replaced"):
         replace_attention(model, "sdpa")
+
+
+# ---- DiTFastAttn in a generation loop (issue 14 item 11) ----------------------------------------------------
+needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                        reason="diffusers pipelines import `transformers`")
+
+
+def _ditfastattn_layers(model):
+    return [m.layer for m in model.modules() if isinstance(m, BaselineAttention)]
+
+
+@needs_transformers
+@pytest.mark.parametrize("steps", [2, 7])
+def test_ditfastattn_pipeline_runs_twice_and_is_sized_to_the_scheduler(steps):
+    import numpy as np
+    from tiny_models import tiny_pixart_pipeline
+
+    pipe = tiny_pixart_pipeline()
+    replace_attention(pipe, "ditfastattn")
+    g = torch.Generator().manual_seed(0)
+    emb, neg = torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+    kwargs = dict(prompt_embeds=emb, prompt_attention_mask=torch.ones(1, 5), negative_prompt=None,
+                  negative_prompt_embeds=neg,
+                  negative_prompt_attention_mask=torch.ones(1, 5), num_inference_steps=steps, height=32, width=32,
+                  output_type="np", use_resolution_binning=False)
+    first = pipe(**kwargs, generator=torch.Generator().manual_seed(1)).images
+    layers = _ditfastattn_layers(pipe.transformer)
+    assert all(layer.schedule.num_steps == steps and layer.step == steps for layer in layers)
+    second = pipe(**kwargs, generator=torch.Generator().manual_seed(1)).images  # a fresh generation
+    assert np.isfinite(first).all() and np.array_equal(first, second)
+    assert all(layer.cond_half == "second" for layer in layers)  # PixArt's CFG batch is [uncond, cond]
+
+
+def test_ditfastattn_bare_model_resets_when_the_timestep_rises():
+    from tiny_models import tiny_dit
+
+    model = tiny_dit()
+    replace_attention(model, "ditfastattn", schedule=DiTFastAttnSchedule(["full", "window_residual"]))
+    layers = _ditfastattn_layers(model)
+    assert all(layer.cond_half == "first" for layer in layers)  # DiT's CFG batch is [cond, uncond]
+    x = torch.randn(2, 4, 8, 8)
+    labels = torch.tensor([1, 2])
+    with torch.no_grad():
+        outs = [model(x, timestep=torch.tensor([t, t]), class_labels=labels).sample for t in (900, 400, 900, 400)]
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])  # the plan restarted at t=900
+
+
+# ---- trained LinFusion weights (issue 14 item 12) ------------------------------------------------------------
+def _linfusion_checkpoint(model, folder, seed=5):
+    """A LinFusion-format folder written from a replaced model (independently of the loader): config.json with
+    modules_list and weights keyed <i>.to_q_.0.weight ... (φ under to_q_/to_k_, as the LinFusion code names it)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    modules, state = [], {}
+    layers = [(n, m.layer) for n, m in model.named_modules() if isinstance(m, BaselineAttention)]
+    for i, (name, layer) in enumerate(layers):
+        modules.append({"module_name": name, "dim_n": layer.dim, "heads": layer.heads, "projection_mid_dim": None})
+        for key, t in layer.state_dict().items():
+            key = key.replace("phi_q.", "to_q_.").replace("phi_k.", "to_k_.")
+            state[f"{i}.{key}"] = torch.randn(t.shape, generator=g) * 0.3
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_class_name": "LinFusion", "modules_list": modules}))
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+    return state
+
+
+def test_load_linfusion_checkpoint_uses_the_trained_weights(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from deltaconv_kernels.integrations.diffusers import load_linfusion
+
+    source = tiny_unet("sd15", seed=0)
+    replace_attention(source, "linfusion")
+    state = _linfusion_checkpoint(source, tmp_path / "linfusion")
+    order = [m["module_name"] for m in json.loads((tmp_path / "linfusion" / "config.json").read_text())[
+        "modules_list"]]
+    fresh = tiny_unet("sd15", seed=0)
+    names = load_linfusion(fresh, tmp_path / "linfusion")
+    assert sorted(names) == sorted(order)
+    first = fresh.get_submodule(order[0]).layer
+    assert torch.equal(first.phi_q[0].weight, state["0.to_q_.0.weight"])
+    assert torch.equal(first.phi_k[3].bias, state["0.to_k_.3.bias"])
+    assert torch.equal(first.to_v.weight, state["0.to_v.weight"])
+    # The same weights keyed by module name (a saved U-Net state dict) load alike, into a replaced model.
+    by_name = {f"{order[int(k.split('.', 1)[0])]}.{k.split('.', 1)[1]}": v for k, v in state.items()}
+    save_file(by_name, str(tmp_path / "unet.safetensors"))
+    other = tiny_unet("sd15", seed=0)
+    replace_attention(other, "linfusion")
+    load_linfusion(other, tmp_path / "unet.safetensors")
+    inputs = unet_inputs(other, height=16, width=12)
+    assert torch.equal(_unet_out(other, inputs), _unet_out(fresh, inputs))
+
+
+def test_load_linfusion_errors(tmp_path):
+    import json
+
+    from deltaconv_kernels.integrations.diffusers import CheckpointError, load_linfusion
+
+    source = tiny_unet("sd15", seed=0)
+    replace_attention(source, "linfusion")
+    _linfusion_checkpoint(source, tmp_path / "ok")
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    config["modules_list"] = config["modules_list"][1:]
+    (tmp_path / "ok" / "config.json").write_text(json.dumps(config))
+    fresh = tiny_unet("sd15", seed=0)
+    with pytest.raises(CheckpointError, match="index .* is beyond"):
+        load_linfusion(fresh, tmp_path / "ok")
+    assert not [m for m in fresh.modules() if isinstance(m, BaselineAttention)]  # untouched
+    other = tiny_unet("sd15", seed=0)
+    replace_attention(other, "sdpa")
+    _linfusion_checkpoint(source, tmp_path / "ok2")
+    with pytest.raises(CheckpointError, match="another baseline"):
+        load_linfusion(other, tmp_path / "ok2")

@@ -41,11 +41,11 @@ def test_run_then_resume(tmp_path, capsys):
 
 def test_clear_errors(tmp_path, capsys):
     code = main(["distill", "--model", str(tmp_path / "missing"), "--random", "2", "--output-dir", str(tmp_path)])
-    assert code == 2 and "does not exist" in capsys.readouterr().out
+    assert code == 2 and "does not exist" in capsys.readouterr().err
     model = _saved_model(tmp_path)
     code = main(["distill", "--model", str(model), "--images", str(tmp_path / "imgs"), "--output-dir",
                  str(tmp_path / "o"), "--kernel-sizes", "3"])
-    assert code == 2 and "--text-encoder" in capsys.readouterr().out
+    assert code == 2 and "--text-encoder" in capsys.readouterr().err
 
 
 def test_two_process_ddp_run(tmp_path):

@@ -67,9 +67,42 @@ def test_device_mismatch(block):
         block(torch.randn(1, 4, 3, 8, device="meta"))
 
 
-def test_pooled_size_zero(block):
-    with pytest.raises(ValueError, match="pools the 1x5 map to 0x2"):
-        block(torch.randn(1, 1, 5, 8))
+@pytest.mark.parametrize("size,err,match", [
+    ((3.9, 4.2), TypeError, r"size must be a pair \(H, W\) of ints"),
+    ((2, 3, 2), ValueError, r"size must be a pair \(H, W\), got 3 values"),
+    ((-3, -4), ValueError, r"size must be a pair \(H, W\) of positive ints, got \(-3, -4\)"),
+    (12, TypeError, r"size must be a pair \(H, W\) of ints, got int"),
+    ("34", TypeError, r"size must be a pair \(H, W\) of ints, got str"),
+])
+def test_bad_size(block, size, err, match):
+    with pytest.raises(err, match=match):
+        block(torch.randn(1, 12, 8), size=size)
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(scales=0.5), TypeError, "scales must be a sequence of floats"),
+    (dict(scales="1"), TypeError, "scales must be a sequence of floats"),
+    (dict(scales=(1.0, "0.5")), TypeError, "scales must hold real numbers"),
+    (dict(inter_ratio=float("nan")), ValueError, "inter_ratio must be a finite number > 0, got nan"),
+    (dict(inter_ratio=-0.5), ValueError, "inter_ratio must be a finite number > 0"),
+    (dict(gate_scale=float("nan")), ValueError, "gate_scale must be a finite number > 0, got nan"),
+    (dict(gate_scale=float("inf")), ValueError, "gate_scale must be a finite number > 0, got inf"),
+    (dict(gate_scale="2"), TypeError, "gate_scale must be a real number"),
+])
+def test_constructor_value_errors(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        DeltaConvBlock(16, **kwargs)
+
+
+def test_functional_gate_scale_checked(gen):
+    with pytest.raises(ValueError, match="gate_scale must be a finite number"):
+        pyramid(torch.randn(1, 4, 4, 6), [torch.randn(3, 3, 6)], [1.0], gate_scale=float("nan"))
+
+
+def test_gates_defined_once():
+    from deltaconv_kernels import reference, validation
+
+    assert validation.GATES is reference.GATES
 
 
 def test_functional_pyramid_errors():

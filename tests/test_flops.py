@@ -52,13 +52,23 @@ def test_band_pairs_and_window_keys_by_brute_force():
 
 def test_ditfastattn_modes():
     sdpa = flops.sdpa(8, 8, 64)
-    full = flops.ditfastattn(8, 8, 64, modes=["full"], window=63)  # window covering all: twice the attention
-    assert full.attention == 2 * sdpa.attention and full.linear == sdpa.linear
-    assert flops.ditfastattn(8, 8, 64, modes=["share_timestep"]).total == 0
+    # A full step computes the window pass (for the residual) only when a window step follows before the next
+    # full step, as the layer does.
+    full = flops.ditfastattn(8, 8, 64, modes=["full"], window=63)
+    assert full.attention == sdpa.attention and full.linear == sdpa.linear
+    both = flops.ditfastattn(8, 8, 64, modes=["full", "window_residual"], window=63)  # window covering all
+    assert both.attention == pytest.approx((2 * sdpa.attention + sdpa.attention) / 2)  # full+window, window
+    shared = flops.ditfastattn(8, 8, 64, modes=["full", "share_timestep", "full"], window=63)
+    assert shared.attention == pytest.approx(2 * sdpa.attention / 3)
+    with pytest.raises(ValueError, match="first step must be 'full'"):  # the layer's rule: nothing to reuse yet
+        flops.ditfastattn(8, 8, 64, modes=["share_timestep"])
     halves = flops.ditfastattn(8, 8, 64, modes=["full"], window=63, cfg_share=[True])
     assert halves.total == pytest.approx(full.total / 2)
     assert flops.ditfastattn(8, 8, 64, modes=["full", "share_timestep"]).total == pytest.approx(
         flops.ditfastattn(8, 8, 64, modes=["full"]).total / 2)
+    # The window is a token count by default (64, as published); a float is a fraction of N.
+    assert flops.ditfastattn(32, 32, 8).attention == flops.ditfastattn(32, 32, 8, window=64).attention
+    assert flops.ditfastattn(32, 32, 8, window=0.0625).attention == flops.ditfastattn(32, 32, 8, window=64).attention
 
 
 def test_errors():

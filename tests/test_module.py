@@ -106,3 +106,14 @@ def test_compile_fullgraph_as_the_first_call_in_a_fresh_process(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env=env)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+def test_depthwise_init_matches_the_release():
+    # The released kernels: kaiming_uniform_ at its default a=0 on [K, K, Ci]: bound sqrt(6 / (K * Ci)).
+    torch.manual_seed(0)
+    k, dim = 7, 48
+    m = DeltaConvBlock(dim, kernel_size=k)
+    bound = (6 / (k * m.inner_dim)) ** 0.5
+    w = torch.cat([s.weight.detach().flatten() for s in m.stages])
+    assert w.abs().max() <= bound
+    assert w.abs().max() > 0.95 * bound  # a=sqrt(5) would stay below bound / 2.45

@@ -113,20 +113,49 @@ def build_settings(args: argparse.Namespace):
         max_elements=args.max_elements or DEFAULT_MAX_ELEMENTS)
 
 
+TRAIN_TIMESTEPS = 1000  # the DDPM training schedule of every supported model family (t in 0..999)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every option checked before a model is loaded (errors name the option; `deltaconv` prints them)."""
+    from deltaconv_kernels.cli import check_at_least, check_device, check_output_dir
+
+    check_device(args.device)
+    for option in ("batch_size", "num_queries", "vae_scale_factor", "hp_order"):
+        check_at_least(getattr(args, option), 1, "--" + option.replace("_", "-"))
+    check_at_least(args.max_kernel, 1, "--max-kernel")
+    check_at_least(args.max_elements, 1, "--max-elements")
+    bad = [t for t in args.timesteps if not 0 <= t < TRAIN_TIMESTEPS]
+    if bad:
+        raise ValueError(f"--timesteps must lie in [0, {TRAIN_TIMESTEPS - 1}] (the models' training timesteps), "
+                         f"got {bad}")
+    if args.inputs and not Path(args.inputs).is_file():
+        raise FileNotFoundError(f"--inputs {args.inputs} does not exist")
+    check_output_dir(args.out, "--out")
+    build_settings(args)  # threshold, cut-off, k-min/k-max rule
+
+
+def _read_inputs(path: str) -> dict:
+    try:
+        inputs = torch.load(path, weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or pickled objects beyond tensors
+        raise ValueError(f"--inputs {path} could not be read as a torch file ({type(e).__name__}: {e})") from e
+    if not isinstance(inputs, dict) or "latents" not in inputs:
+        raise ValueError(f"--inputs {path} must hold a dict with at least 'latents' [B, C, H, W]")
+    return inputs
+
+
 def run(args: argparse.Namespace) -> int:
     from deltaconv_kernels.analysis import pipeline, plots
 
+    check_args(args)
     settings = build_settings(args)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    model = load_model(args)
     inputs, latent_hw = None, None
     if args.inputs:
-        inputs = torch.load(args.inputs, weights_only=True)
-        if not isinstance(inputs, dict) or "latents" not in inputs:
-            raise ValueError(f"--inputs {args.inputs} must hold a dict with at least 'latents' [B, C, H, W]")
+        inputs = _read_inputs(args.inputs)
     elif args.resolution:
         latent_hw = pipeline.latent_size_from_resolution(args.resolution, args.vae_scale_factor)
+    model = load_model(args)
     report = pipeline.analyze(model, settings, latent_hw, args.batch_size, inputs, progress=not args.no_progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,85 +1,39 @@
-"""DiTFastAttn-style attention (Yuan et al. 2024): per denoising step, a schedule picks one of
+"""DiTFastAttn-style attention (Yuan et al. 2024), as its published code does it: per denoising step a plan
+(deltaconv_kernels.ditfastattn_schedule) picks one of
 
-- "full": full attention; also computes the 1-D window attention and caches the residual `full - window`;
+- "full": full attention; when a window step follows before the next full step it also computes the 1-D window
+  attention and caches the residual `full - window`;
 - "window_residual": window attention plus the residual cached at the last full step (WA-RS);
 - "share_timestep": reuse the layer's output of the previous step (AST), no attention at all;
 
-and, per step, whether the two classifier-free-guidance halves of the batch share one computation (ASC: the
-conditional half, i.e. the second half in diffusers' `[uncond, cond]` order, is computed and copied).
+and, per step, whether the two classifier-free-guidance halves share one computation (ASC): the conditional half
+is computed and copied. Which half that is depends on the pipeline: DiT orders the batch [cond, uncond]
+(`cond_half="first"`), Stable Diffusion and PixArt [uncond, cond] (`cond_half="second"`).
 
-The window is DiTFastAttn's: a band over the flattened token sequence, query i sees keys |i - j| <= w, with the
-half-width w given in tokens (int) or as a fraction of N (float). It runs in query blocks with a band mask, so
-memory is O(N * w), not O(N^2). Caches are stored at full batch size, pre out-projection for the residual.
+The window is a band over the flattened token sequence, query i sees keys |i - j| <= w, with w a token count as
+in the published scripts (64 by default; they also use 512); a float is our option, a fraction of N (0.125:
+N/8). It runs in query blocks with a band mask, so memory is O(N * w), not O(N^2). Caches are stored at full
+batch size, pre out-projection for the residual. Without a plan the layer runs our periodic heuristic (a full
+step every `full_every`), sized to the scheduler's steps at the start of each generation.
 """
 
 from __future__ import annotations
-
-import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from deltaconv_kernels.baselines.base import AttentionBaseline
+from deltaconv_kernels.ditfastattn_schedule import (
+    MODES,
+    PUBLISHED_WINDOW,
+    DiTFastAttnSchedule,
+    window_half_width,
+)
 
-MODES = ("full", "window_residual", "share_timestep")
+__all__ = ["MODES", "COND_HALVES", "DiTFastAttnAttention", "DiTFastAttnSchedule", "window_attention_1d",
+           "window_half_width"]
 
-
-class DiTFastAttnSchedule:
-    """Which mode runs at each step and whether that step shares attention across the CFG halves."""
-
-    def __init__(self, modes: Sequence[str], cfg_share: Sequence[bool] | None = None):
-        modes = tuple(modes)
-        if not modes:
-            raise ValueError("modes must list at least one step")
-        bad = [m for m in modes if m not in MODES]
-        if bad:
-            raise ValueError(f"modes must be drawn from {MODES}, got {bad}")
-        if modes[0] != "full":
-            raise ValueError(f"the first step must be 'full' (later modes reuse its caches), got {modes[0]!r}")
-        cfg_share = (False,) * len(modes) if cfg_share is None else tuple(bool(c) for c in cfg_share)
-        if len(cfg_share) != len(modes):
-            raise ValueError(f"cfg_share has {len(cfg_share)} entries, modes has {len(modes)}")
-        self.modes = modes
-        self.cfg_share = cfg_share
-
-    @classmethod
-    def periodic(cls, num_steps: int, full_every: int = 5, cfg_share: bool = False) -> DiTFastAttnSchedule:
-        """A full step every `full_every` steps, window + residual in between."""
-        if num_steps < 1 or full_every < 1:
-            raise ValueError(f"num_steps and full_every must be >= 1, got {num_steps}, {full_every}")
-        modes = ["full" if i % full_every == 0 else "window_residual" for i in range(num_steps)]
-        return cls(modes, [cfg_share] * num_steps)
-
-    def __len__(self) -> int:
-        return len(self.modes)
-
-    def mode(self, step: int) -> str:
-        return self.modes[self._check(step)]
-
-    def shares_cfg(self, step: int) -> bool:
-        return self.cfg_share[self._check(step)]
-
-    def _check(self, step: int) -> int:
-        if not 0 <= step < len(self.modes):
-            raise IndexError(f"step {step} is outside the schedule's {len(self.modes)} steps")
-        return step
-
-    def __repr__(self) -> str:
-        return f"DiTFastAttnSchedule(modes={list(self.modes)}, cfg_share={list(self.cfg_share)})"
-
-
-def window_half_width(n: int, window: int | float) -> int:
-    """Half-width in tokens: an int is used as given, a float is a fraction of N (rounded up)."""
-    if isinstance(window, bool):
-        raise TypeError("window must be an int (tokens) or a float (fraction of N), got a bool")
-    if isinstance(window, int):
-        if window < 0:
-            raise ValueError(f"window must be >= 0 tokens, got {window}")
-        return window
-    if not 0.0 <= float(window) <= 1.0:
-        raise ValueError(f"a fractional window must lie in [0, 1], got {window}")
-    return math.ceil(float(window) * n)
+COND_HALVES = ("first", "second")  # where the conditional half of a CFG batch is
 
 
 def window_attention_1d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, half_width: int,
@@ -103,17 +57,22 @@ def window_attention_1d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, half_
 
 class DiTFastAttnAttention(AttentionBaseline):
     """Self-attention with DiTFastAttn's per-step compression. The step comes from `step=` or an internal
-    counter that advances on every call; `reset()` clears the counter and the caches (call it per generation).
+    counter that advances on every call; `start_generation(num_steps)` (called by `replace_attention`'s hook at
+    every new generation) clears the counter and the caches and sizes a periodic plan to the scheduler's steps.
     `size` is accepted and checked but not needed (the window is 1-D)."""
 
     needs_size = False
 
     def __init__(self, dim: int, heads: int = 8, schedule: DiTFastAttnSchedule | None = None,
-                 window: int | float = 0.125, **kwargs):
+                 window: int | float = PUBLISHED_WINDOW, cond_half: str = "second", full_every: int = 5, **kwargs):
         super().__init__(dim, heads, **kwargs)
         window_half_width(1, window)  # validates the type and range now, not at the first call
+        if cond_half not in COND_HALVES:
+            raise ValueError(f"cond_half must be one of {COND_HALVES} (where a CFG batch holds the conditional "
+                             f"half), got {cond_half!r}")
         self.window = window
-        self.schedule = schedule if schedule is not None else DiTFastAttnSchedule(["full"])
+        self.cond_half = cond_half
+        self.schedule = schedule if schedule is not None else DiTFastAttnSchedule.periodic(None, full_every)
         if not isinstance(self.schedule, DiTFastAttnSchedule):
             raise TypeError(f"schedule must be a DiTFastAttnSchedule, got {type(schedule).__name__}")
         self.reset()
@@ -123,6 +82,12 @@ class DiTFastAttnAttention(AttentionBaseline):
         self._residual: torch.Tensor | None = None  # full - window, [B, N, C] before the out projection
         self._last_output: torch.Tensor | None = None
 
+    def start_generation(self, num_steps: int | None = None) -> None:
+        """A new generation: reset, and (when known) size the plan to the scheduler's `num_steps`."""
+        self.reset()
+        if num_steps is not None:
+            self.schedule = self.schedule.sized(num_steps)
+
     def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, size=None, step=None, **kw):
         self.check_input(hidden_states, encoder_hidden_states, attention_mask, kw)
         self.resolve_size(hidden_states.shape[1], size)
@@ -131,6 +96,10 @@ class DiTFastAttnAttention(AttentionBaseline):
         self.step = step + 1  # only a step that ran advances the counter
         self._last_output = out
         return out
+
+    def _half(self, t: torch.Tensor) -> torch.Tensor:
+        b = t.shape[0] // 2
+        return t[:b] if self.cond_half == "first" else t[b:]
 
     def _step(self, hidden_states: torch.Tensor, step: int) -> torch.Tensor:
         mode, share = self.schedule.mode(step), self.schedule.shares_cfg(step)
@@ -142,15 +111,16 @@ class DiTFastAttnAttention(AttentionBaseline):
             return self._last_output
         if mode == "window_residual":
             self._check_cache(self._residual, "a residual", hidden_states, step)
-        x = hidden_states[b // 2:] if share else hidden_states
+        x = self._half(hidden_states) if share else hidden_states
         q, k, v = self.project_qkv(x)
         w = window_half_width(x.shape[1], self.window)
         if mode == "full":
-            full = self.merge_heads(F.scaled_dot_product_attention(q, k, v))
-            self._residual = self._expand(full - self.merge_heads(window_attention_1d(q, k, v, w)), share)
-            attended = full
+            attended = self.merge_heads(F.scaled_dot_product_attention(q, k, v))
+            if self.schedule.needs_residual(step):
+                window = self.merge_heads(window_attention_1d(q, k, v, w))
+                self._residual = self._expand(attended - window, share)
         else:  # window_residual
-            residual = self._residual[b // 2:] if share else self._residual
+            residual = self._half(self._residual) if share else self._residual
             attended = self.merge_heads(window_attention_1d(q, k, v, w)) + residual
         return self._expand(self.to_out[1](self.to_out[0](attended)), share)
 
@@ -178,4 +148,6 @@ class DiTFastAttnAttention(AttentionBaseline):
                              f"has {list(hidden_states.shape[:2])}")
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, window={self.window}, steps={len(self.schedule)}"
+        window = f"{self.window} tokens" if isinstance(self.window, int) else f"{self.window} * N (ours)"
+        return (f"{super().extra_repr()}, window={window}, cond_half={self.cond_half!r}, "
+                f"schedule={self.schedule!r}")

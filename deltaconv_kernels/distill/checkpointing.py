@@ -1,37 +1,20 @@
-"""Atomic training checkpoints: write to a temporary file in the same folder, fsync, then `os.replace`, so a
-crash at any moment leaves either the previous checkpoint or the new one, never a torn file."""
+"""Atomic training checkpoints (through `fileio.atomic_write`: temporary file, fsync, `os.replace`), so a crash
+at any moment leaves either the previous checkpoint or the new one, never a torn file."""
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from deltaconv_kernels.fileio import atomic_write
+
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call `write(file_object)` on a temporary file next to `path`, then atomically move it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def rng_state() -> dict[str, Any]:
@@ -69,7 +52,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"resume checkpoint {path} does not exist (checkpoints are written to "
                                 f"<output_dir>/{CHECKPOINT_NAME} every --checkpoint-every steps)")
     # weights_only=False: the state holds numpy/python RNG states, written by this module, not downloaded.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file: a clear error, not a pickle traceback
+        raise ValueError(f"{path} is not a readable deltaconv distill checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a deltaconv distill checkpoint (format_version {FORMAT_VERSION})")
     return state

@@ -76,9 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--checkpoint-every", type=int, default=100, help="write checkpoint.pt every N steps; a crash "
                    "loses at most N steps")
     t.add_argument("--log-every", type=int, default=10, help="log losses to CSV/JSON every N steps")
-    t.add_argument("--seed", type=int, default=0, help="seed of batch order, noise and timesteps")
+    t.add_argument("--seed", type=int, default=0, help="seed of everything random: the ΔConvBlocks' init, batch "
+                   "order, noise and timesteps (two identical commands give bit-identical runs)")
     t.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help="continue from CHECKPOINT (default: <output-dir>/checkpoint.pt) exactly where it stopped")
+    t.add_argument("--overwrite", action="store_true", help="start afresh in an --output-dir that holds an "
+                   "earlier run (its checkpoint, logs and weights are deleted); without it such a folder is refused")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     t.add_argument("--no-plot", action="store_true", help="skip loss.png")
@@ -119,6 +122,54 @@ def _prompt_dim(model) -> int:
     return cfg.get("caption_channels") or cfg.get("cross_attention_dim")
 
 
+def check_args(args) -> None:
+    """The options that need no model, checked before anything is loaded or written."""
+    from deltaconv_kernels.cli import check_at_least, check_output_dir
+    from deltaconv_kernels.distill.trainer import check_output_dir_free
+
+    check_at_least(args.threads, 1, "--threads")
+    check_at_least(args.random, 1, "--random")
+    if args.random is not None:
+        if len(args.random_size) % 2:
+            raise ValueError(f"--random-size takes H W pairs, got {args.random_size}")
+        if min(args.random_size) < 1:
+            raise ValueError(f"--random-size sides must be >= 1, got {args.random_size}")
+    check_at_least(args.random_prompt_len, 1, "--random-prompt-len")
+    if args.resume is not None and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: continue the run or start afresh")
+    check_output_dir(args.output_dir, "--output-dir")
+    if args.resume is None:
+        check_output_dir_free(args.output_dir, args.overwrite)
+    if args.images and not (Path(args.output_dir) / "latents.pt").is_file():  # not yet encoded and cached
+        if not args.text_encoder:
+            raise ValueError("--images needs --text-encoder MODULE:FUNCTION (captions -> prompt embeddings)")
+        vae = Path(args.vae) if args.vae else Path(args.model) / "vae"
+        if not (vae / "config.json").is_file():
+            raise ValueError(f"--images needs a VAE to encode them: no config.json in {vae} "
+                             f"({'--vae' if args.vae else 'pass --vae, or give a --model pipeline with a vae/'})")
+
+
+def check_device_settings(args, device) -> None:
+    """--mixed-precision and --backend against the device the run will use."""
+    from deltaconv_kernels.ops.registry import resolve
+
+    if args.mixed_precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"--mixed-precision fp16 needs a CUDA GPU (the run is on {device.type}); use bf16 or no")
+    if args.backend is not None:
+        resolve(args.backend, device.type)  # unknown or unavailable here: an error naming every backend's reason
+
+
+def check_data(dataset, model) -> None:
+    """The data fits the denoiser: latent channels and prompt-embedding width."""
+    channels, width = dataset.latents[0].shape[0], dataset.prompt_embeds[0].shape[-1]
+    if channels != model.config.in_channels:
+        raise ValueError(f"the latents have {channels} channels but {type(model).__name__} takes "
+                         f"in_channels={model.config.in_channels}")
+    if width != _prompt_dim(model):
+        raise ValueError(f"the prompt embeddings are {width} wide but {type(model).__name__} takes "
+                         f"{_prompt_dim(model)} (caption_channels / cross_attention_dim)")
+
+
 def _dataset(args, model, accelerator):
     from deltaconv_kernels.distill import data
 
@@ -126,8 +177,6 @@ def _dataset(args, model, accelerator):
         return data.load_latents_file(args.latents)
     if args.random is not None:
         sizes = args.random_size
-        if len(sizes) % 2:
-            raise ValueError(f"--random-size takes H W pairs, got {sizes}")
         pairs = [(sizes[i], sizes[i + 1]) for i in range(0, len(sizes), 2)]
         added = {}
         if model.config.get("addition_embed_type") == "text_time":  # SDXL-style U-Net
@@ -139,8 +188,6 @@ def _dataset(args, model, accelerator):
     cache = Path(args.output_dir) / "latents.pt"
     if cache.is_file():
         return data.load_latents_file(cache)
-    if not args.text_encoder:
-        raise ValueError("--images needs --text-encoder MODULE:FUNCTION (captions -> prompt embeddings)")
     from diffusers import AutoencoderKL
 
     vae_path, sub = (args.vae, None) if args.vae else (args.model, "vae")
@@ -157,12 +204,14 @@ def build(args):
     """(trainer, resume path) from parsed arguments; separated from `run` for tests."""
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import set_seed
 
     from deltaconv_kernels.distill.losses import LossWeights
     from deltaconv_kernels.distill.models import load_denoiser, load_noise_scheduler
     from deltaconv_kernels.distill.trainer import DistillConfig, DistillTrainer
     from deltaconv_kernels.integrations.diffusers import convert, load
 
+    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = DistillConfig(
@@ -174,6 +223,8 @@ def build(args):
         loss=LossWeights(output=args.output_weight, feature=args.feature_weight, noise=args.noise_weight,
                          gamma=args.snr_gamma or None, feature_target=args.feature_target))
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    check_device_settings(args, accelerator.device)
+    set_seed(args.seed)  # python, numpy, torch (and CUDA) RNGs: the fresh ΔConvBlocks' init is seeded too
     model = load_denoiser(args.model, args.subfolder)
     scheduler_path = args.scheduler
     if scheduler_path is None and (Path(args.model) / "scheduler" / "scheduler_config.json").is_file():
@@ -186,6 +237,7 @@ def build(args):
     if args.init:
         load(model, args.init)
     dataset = _dataset(args, model, accelerator)
+    check_data(dataset, model)
     resume = None
     if args.resume is not None:
         resume = args.resume or str(Path(args.output_dir) / "checkpoint.pt")
@@ -193,12 +245,9 @@ def build(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        trainer, resume = build(args)
-        summary = trainer.train(resume=resume)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
-        print(f"deltaconv distill: error: {exc}")
-        return 2
+    """Errors (ValueError, OSError, ...) reach `deltaconv_kernels.cli.main`, which prints `error: ...`, exit 2."""
+    trainer, resume = build(args)
+    summary = trainer.train(resume=resume, overwrite=args.overwrite)
     if trainer.accelerator.is_main_process:
         print(json.dumps(summary, indent=1))
     return 0

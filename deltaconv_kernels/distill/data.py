@@ -4,6 +4,7 @@ buckets and a deterministic, resumable batch order."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,6 +54,21 @@ class LatentDataset:
     def sizes(self) -> list[tuple[int, int]]:
         return [tuple(lat.shape[-2:]) for lat in self.latents]
 
+    def fingerprint(self) -> dict:
+        """What identifies the data of a run (resuming on other data is refused): sample count, the latent
+        shapes, the prompt shape, the extra keys and a SHA-256 of every tensor's bytes."""
+        digest = hashlib.sha256()
+        tensors = [*self.latents, *self.prompt_embeds, *(torch.as_tensor(v) for k in sorted(self.added)
+                                                       for v in self.added[k])]
+        for t in tensors:
+            t = t.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        shapes = sorted({tuple(lat.shape) for lat in self.latents})
+        return {"samples": len(self), "latent_shapes": [list(s) for s in shapes],
+                "prompt_shape": list(self.prompt_embeds[0].shape), "added": sorted(self.added),
+                "sha256": digest.hexdigest()}
+
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         shapes = {tuple(self.latents[i].shape) for i in indices}
         if len(shapes) != 1:
@@ -64,7 +80,7 @@ class LatentDataset:
         return batch
 
     def save(self, path: str | Path) -> None:
-        from deltaconv_kernels.distill.checkpointing import atomic_write
+        from deltaconv_kernels.fileio import atomic_write
 
         state = {"latents": self.latents, "prompt_embeds": torch.stack(self.prompt_embeds), **self.added}
         atomic_write(path, lambda f: torch.save(state, f))

@@ -14,7 +14,7 @@ def plot_losses(history: list[dict], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from deltaconv_kernels.distill.checkpointing import atomic_write
+    from deltaconv_kernels.fileio import atomic_write
 
     if not history:
         raise ValueError("no history to plot")

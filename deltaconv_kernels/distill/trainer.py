@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from deltaconv_kernels import fileio
 from deltaconv_kernels.distill import checkpointing, losses
 from deltaconv_kernels.distill.data import BucketBatchSampler, LatentDataset
 from deltaconv_kernels.distill.models import (
@@ -30,9 +31,31 @@ from deltaconv_kernels.integrations.diffusers import deltaconv_parameters, iter_
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings that change the trajectory: resuming with a different value would not continue the same run.
 RESUME_KEYS = ("seed", "batch_size", "learning_rate", "weight_decay", "adam_betas", "adam_eps", "warmup_steps",
-               "max_grad_norm", "mixed_precision", "loss", "num_processes")
+               "max_grad_norm", "mixed_precision", "loss", "num_processes", "data")
 WEIGHTS_DIR = "deltaconv"  # final ΔConvBlock weights (save/load format of the diffusers integration)
 HISTORY_FIELDS = ("step", "loss", "output", "feature", "noise", "lr", "grad_norm", "seconds")
+# What a run writes into its output folder (an existing one means an earlier run is there).
+RUN_FILES = (checkpointing.CHECKPOINT_NAME, "history.csv", "history.json", "loss.png")
+WEIGHT_FILES = ("deltaconv.safetensors", "deltaconv.json")  # inside WEIGHTS_DIR
+
+
+def check_output_dir_free(output_dir, overwrite: bool) -> list[Path]:
+    """The earlier run's files in `output_dir`; refused (ValueError) unless `overwrite`, so that starting again
+    without --resume never silently replaces a run's history and checkpoint."""
+    out = Path(output_dir)
+    found = [out / n for n in RUN_FILES if (out / n).exists()]
+    found += [out / WEIGHTS_DIR / n for n in WEIGHT_FILES if (out / WEIGHTS_DIR / n).exists()]
+    if found and not overwrite:
+        raise ValueError(f"output dir {out} already holds a run ({', '.join(p.name for p in found)}): continue it "
+                         "with --resume (train(resume=...)) or start afresh with --overwrite (train(overwrite=True))")
+    return found
+
+
+def remove_interrupted_writes(output_dir) -> None:
+    """Delete the temporary files of atomic writes that a killed run left (checkpoint, logs, plot, weights)."""
+    out = Path(output_dir)
+    fileio.remove_stale_temps(out, (*RUN_FILES, "latents.pt"))
+    fileio.remove_stale_temps(out / WEIGHTS_DIR, WEIGHT_FILES)
 
 
 @dataclass
@@ -212,12 +235,19 @@ class DistillTrainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def train(self, resume: str | Path | None = None) -> dict:
-        """Run to `config.max_steps`; with `resume` (a checkpoint file or output folder) continue from it.
+    def train(self, resume: str | Path | None = None, overwrite: bool = False) -> dict:
+        """Run to `config.max_steps`; with `resume` (a checkpoint file or output folder) continue from it. Without
+        it, an output folder holding an earlier run is refused unless `overwrite` (which deletes that run's files).
         Returns a summary dict (steps, final losses, output paths)."""
         cfg, acc = self.config, self.accelerator
-        run_config = {**cfg.to_dict(), "num_processes": acc.num_processes}
+        run_config = {**cfg.to_dict(), "num_processes": acc.num_processes, "data": self.dataset.fingerprint()}
         start, history = 0, []
+        earlier = check_output_dir_free(self.output_dir, overwrite) if resume is None else []
+        acc.wait_for_everyone()  # every process has checked before the main one deletes or writes
+        if acc.is_main_process:
+            remove_interrupted_writes(self.output_dir)
+            for path in earlier:
+                path.unlink()
         if resume is not None:
             state = checkpointing.load_checkpoint(resume)
             checkpointing.check_resume_config(state["config"], run_config, RESUME_KEYS)

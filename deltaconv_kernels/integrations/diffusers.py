@@ -6,6 +6,7 @@
     import_released(pipe, "released_ckpt.safetensors")   # ΔConvFusion's released weights
     convert(unet, keep_attention=True); set_mode(unet, "distill")   # distillation hooks
     replace_attention(unet, "linfusion")    # an attention baseline in every attn1 slot instead (benchmarks)
+    load_linfusion(unet, "LinFusion-1-5/")   # the trained LinFusion modules (keys to_q_/to_k_ -> phi_q/phi_k)
 
 Supported denoisers: UNet2DConditionModel (SD1.5 / SDXL layouts, any other with kernel_sizes given),
 PixArtTransformer2DModel (α, Σ) and DiTTransformer2DModel, or any pipeline holding one as `unet`/`transformer`.
@@ -22,6 +23,7 @@ from deltaconv_kernels.integrations.diffusers_convert import (
     iter_deltaconv_modules,
     set_mode,
 )
+from deltaconv_kernels.integrations.diffusers_linfusion import load_linfusion
 from deltaconv_kernels.integrations.diffusers_models import (
     RELEASED_TRANSFORMER,
     RELEASED_UNET,
@@ -34,6 +36,6 @@ from deltaconv_kernels.integrations.diffusers_released import import_released
 __all__ = [
     "METHODS", "MODES", "RELEASED_TRANSFORMER", "RELEASED_UNET", "SUPPORTED", "BaselineAttention", "CheckpointError",
     "ConversionReport", "DeltaConvAttention", "LayerReport", "SpatialSize", "convert", "deltaconv_parameters",
-    "fingerprint", "import_released", "iter_deltaconv_modules", "load", "replace_attention", "resolve_denoiser",
-    "save", "set_mode",
+    "fingerprint", "import_released", "iter_deltaconv_modules", "load", "load_linfusion", "replace_attention",
+    "resolve_denoiser", "save", "set_mode",
 ]

@@ -116,7 +116,10 @@ class DeltaConvAttention(nn.Module):
             raise ValueError(f"{self.layer_name}: hidden_states must be [B, N, C] tokens, got shape "
                              f"{tuple(hidden_states.shape)}")
         size = self._size.get(hidden_states.shape[1], self.layer_name)
-        return self.block(hidden_states, size=size)
+        try:
+            return self.block(hidden_states, size=size)
+        except (ValueError, TypeError) as e:  # an error of this one layer names it
+            raise type(e)(f"{self.layer_name}: {e}") from e
 
     def extra_repr(self) -> str:
         return f"mode={self._mode!r}, kept_attention={self.attention is not None}"

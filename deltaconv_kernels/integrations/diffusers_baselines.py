@@ -6,6 +6,9 @@ the pretrained attention; extra parameters (LinFusion's φ, the mediator's conv)
 
 from __future__ import annotations
 
+import inspect
+
+import torch
 from torch import nn
 
 from deltaconv_kernels.baselines import (
@@ -60,6 +63,7 @@ def replace_attention(model_or_pipeline, method: str, copy_weights: bool = True,
     if any(isinstance(m, (DeltaConvAttention, BaselineAttention)) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} already has its self-attention replaced")
     sites = dm.find_sites(model)
+    layer_kwargs = _layer_defaults(model, method, layer_kwargs)
     layers = {}
     for site in sites:  # build all first, so a bad argument leaves the model untouched
         attn = site.block.attn1
@@ -75,4 +79,54 @@ def replace_attention(model_or_pipeline, method: str, copy_weights: bool = True,
         layers[site.name] = layer
     for site in sites:
         site.block.attn1 = BaselineAttention(layers[site.name], attach_size_hook(site), site.name)
+    if method == "ditfastattn":
+        model.register_forward_pre_hook(GenerationClock(list(layers.values()), _scheduler_of(model_or_pipeline),
+                                                        model), with_kwargs=True)
     return [s.name for s in sites]
+
+
+def _layer_defaults(model, method: str, layer_kwargs: dict) -> dict:
+    """Per-model defaults: the conditional half of a CFG batch is the first in DiT pipelines ([cond, uncond]),
+    the second in Stable Diffusion and PixArt ([uncond, cond])."""
+    if method == "ditfastattn" and "cond_half" not in layer_kwargs:
+        layer_kwargs = {**layer_kwargs, "cond_half": "first" if type(model).__name__ == "DiTTransformer2DModel"
+                        else "second"}
+    return layer_kwargs
+
+
+def _scheduler_of(model_or_pipeline):
+    scheduler = getattr(model_or_pipeline, "scheduler", None)
+    return scheduler if hasattr(scheduler, "timesteps") else None
+
+
+class GenerationClock:
+    """Forward pre-hook on the denoiser of a DiTFastAttn model: at the first call of every generation it resets
+    the layers (step counter, caches) and sizes their plan to the scheduler's steps (a pipeline's
+    `scheduler.timesteps`; unknown for a bare model). A generation starts when the timestep rises (timesteps fall
+    within one) or when the known number of steps has run."""
+
+    def __init__(self, layers: list, scheduler, model: nn.Module):
+        self.layers, self.scheduler = layers, scheduler
+        self.signature = inspect.signature(model.forward)
+        self.last_t: float | None = None
+        self.calls = 0
+
+    def _timestep(self, args, kwargs) -> float:
+        t = self.signature.bind_partial(*args, **kwargs).arguments.get("timestep")
+        if t is None:
+            raise ValueError("a DiTFastAttn model must be called with a timestep (it drives the step plan)")
+        return float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
+
+    def _num_steps(self) -> int | None:
+        timesteps = getattr(self.scheduler, "timesteps", None)
+        return len(timesteps) if timesteps is not None else None
+
+    def __call__(self, module, args, kwargs):
+        t, n = self._timestep(args, kwargs), self._num_steps()
+        if self.last_t is None or t > self.last_t or (n is not None and self.calls >= n):
+            for layer in self.layers:
+                layer.start_generation(n)
+            self.calls = 0
+        self.last_t = t
+        self.calls += 1
+        return None

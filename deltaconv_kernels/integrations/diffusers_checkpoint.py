@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
+from deltaconv_kernels import validation
+from deltaconv_kernels.fileio import atomic_write
 from deltaconv_kernels.integrations import diffusers_models as dm
 from deltaconv_kernels.integrations.diffusers_attention import DeltaConvAttention
 from deltaconv_kernels.integrations.diffusers_convert import ConversionReport, convert, converted_layers
@@ -26,19 +27,6 @@ VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint does not match the model it is loaded into (or is malformed)."""
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same directory, then os.replace: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _layer_config(module) -> dict:
@@ -67,8 +55,8 @@ def save(model_or_pipeline, path) -> Path:
         raise ValueError("all converted layers must share scales and inter_ratio to be saved together")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=1)))
+    atomic_write(out / WEIGHTS_NAME, lambda f: f.write(safetensors_bytes(tensors, metadata={"format": FORMAT})))
+    atomic_write(out / CONFIG_NAME, lambda f: f.write(json.dumps(config, indent=1).encode()))
     return out
 
 
@@ -76,11 +64,73 @@ def read_config(path) -> dict:
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
         raise CheckpointError(f"no {CONFIG_NAME} in {path}: not a deltaconv checkpoint directory")
-    config = json.loads(file.read_text())
+    try:
+        config = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(config).__name__}")
     if config.get("format") != FORMAT or config.get("version") != VERSION:
         raise CheckpointError(f"{file}: format {config.get('format')!r} version {config.get('version')!r}, "
                               f"expected {FORMAT!r} version {VERSION}")
+    check_config(config, file)
     return config
+
+
+def _config_error(file, where: str, e: Exception) -> CheckpointError:
+    return CheckpointError(f"{file}: {where}: {e}")
+
+
+def check_config(config: dict, file) -> None:
+    """Every entry `load` uses, checked before anything is changed: a malformed file is a CheckpointError naming
+    the file and the entry, never a TypeError after `convert()` has run."""
+    for key, kind in (("fingerprint", dict), ("layers", dict), ("scales", list)):
+        if not isinstance(config.get(key), kind):
+            got = "missing" if key not in config else f"a {type(config[key]).__name__}"
+            raise CheckpointError(f"{file}: {key!r} must be a JSON {'object' if kind is dict else 'array'}, "
+                                  f"got {got}")
+    fp = config["fingerprint"]
+    if not all(isinstance(fp.get(k), str) for k in ("class", "config_sha256")):
+        raise CheckpointError(f"{file}: 'fingerprint' must hold the strings 'class' and 'config_sha256', got {fp}")
+    try:
+        scales = validation.check_scales(config["scales"])
+        validation.check_inter_ratio(config.get("inter_ratio"))
+    except (TypeError, ValueError) as e:
+        raise _config_error(file, "scales/inter_ratio", e) from e
+    if not config["layers"]:
+        raise CheckpointError(f"{file}: 'layers' is empty")
+    for name, layer in config["layers"].items():
+        if not isinstance(layer, dict):
+            raise CheckpointError(f"{file}: layer {name}: expected an object, got {type(layer).__name__}")
+        missing = [k for k in ("dim", "kernel_size", "gate", "gate_scale") if k not in layer]
+        if missing:
+            raise CheckpointError(f"{file}: layer {name}: lacks {missing}")
+        try:
+            validation.check_gate(layer["gate"])
+            validation.check_gate_scale(layer["gate_scale"])
+            # Builds nothing (meta device): runs every constructor check on this layer's settings.
+            DeltaConvBlock(layer["dim"], layer["kernel_size"], scales, config["inter_ratio"], layer["gate"],
+                           layer["gate_scale"], device="meta")
+        except (TypeError, ValueError) as e:
+            raise _config_error(file, f"layer {name}", e) from e
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a truncated or corrupt file is a CheckpointError naming it."""
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises its own SafetensorError, OSError, or ValueError by case
+        raise CheckpointError(f"{file}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+
+
+def check_tensor_values(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Floating tensors with only finite values (NaN/Inf weights would poison every output)."""
+    for key, t in tensors.items():
+        if not t.is_floating_point():
+            raise CheckpointError(f"{what}: {key} has dtype {t.dtype}; ΔConvBlock weights are floating point")
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{what}: {key} holds {bad} NaN/Inf values")
 
 
 def _check_architecture(model, config: dict) -> None:
@@ -152,11 +202,12 @@ def load(model_or_pipeline, path, keep_attention: bool = False, backend: str | N
     weights = Path(path) / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"no {WEIGHTS_NAME} in {path}")
-    tensors = load_file(str(weights))
+    tensors = read_weights(weights)
     per_layer = config["layers"]
     _check_layer_names([s.name for s in dm.find_sites(model)], list(per_layer), f"checkpoint {path}")
     what = f"checkpoint {weights}"
     check_tensors(expected_shapes(per_layer, config["scales"], config["inter_ratio"]), tensors, what)
+    check_tensor_values(tensors, what)
     if _is_converted(model):
         layers = converted_layers(model)
         _check_converted(layers, config)

@@ -4,6 +4,8 @@ Per replaced layer the released files hold `<wrapper prefix><transformer block p
 `[Ci, C]`, `conv_up.bias`, `gates.{i}.conv_spatial.weight` `[K, K, Ci]`, `conv_out.weight` / `.bias`,
 `conv_pool.weight` / `.bias`; they map one-to-one onto our `proj_in`, `stages.{i}`, `proj_out`, `pool_proj`.
 Kernel size and inter_ratio are read off the weights; the gate is not stored, so it defaults to the released one.
+Older rainbowneko savers nest the weights under `base` (or `base_ema`); the first released block (repo commit
+b2bd847, a depthwise bias per stage) is refused with an error naming it.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from deltaconv_kernels import validation
 from deltaconv_kernels.integrations import diffusers_models as dm
 from deltaconv_kernels.integrations.diffusers_checkpoint import (
     CheckpointError,
+    check_tensor_values,
     check_tensors,
     copy_block_weights,
     expected_shapes,
+    read_weights,
 )
 from deltaconv_kernels.integrations.diffusers_convert import ConversionReport, convert, converted_layers
 
@@ -27,16 +31,39 @@ SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _RENAME = {"conv_up.": "proj_in.", "conv_out.": "proj_out.", "conv_pool.": "pool_proj."}
 
 
+NESTS = ("base", "base_ema")  # older rainbowneko savers: .pt {"base": sd} / {"base_ema": sd}, safetensors "base:<key>"
+
+
+def _unnest(obj: dict, file: Path) -> dict:
+    """The state dict under a rainbowneko `base` / `base_ema` nest (.pt dict entry or safetensors key prefix)."""
+    nested = [n for n in NESTS if isinstance(obj.get(n), dict)]
+    if len(nested) > 1:
+        raise CheckpointError(f"{file}: holds both {nested}: keep one of them in the file (or pass a file with one)")
+    if nested:
+        return obj[nested[0]]
+    prefixes = {k.split(":", 1)[0] for k in obj if isinstance(k, str) and ":" in k and k.split(":", 1)[0] in NESTS}
+    if len(prefixes) > 1:
+        raise CheckpointError(f"{file}: keys carry both prefixes {sorted(prefixes)}: keep one of them in the file")
+    if prefixes:
+        head = prefixes.pop() + ":"
+        return {k[len(head):]: v for k, v in obj.items() if k.startswith(head)}
+    return obj
+
+
 def _load_one(file: Path) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
-        return load_file(str(file))
-    obj = torch.load(str(file), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):  # common training-checkpoint wrappers
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
+        obj = read_weights(file)
+    else:
+        try:
+            obj = torch.load(str(file), map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, not a torch file, or pickled objects beyond tensors
+            raise CheckpointError(f"{file}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+        for key in ("state_dict", "model", "module"):  # common training-checkpoint wrappers
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
     if not isinstance(obj, dict):
         raise CheckpointError(f"{file}: expected a state dict, got {type(obj).__name__}")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in _unnest(obj, file).items() if isinstance(v, torch.Tensor)}
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
@@ -66,6 +93,10 @@ def _match_block(key_block: str, block_paths: list[str]) -> str | None:
 
 
 def _our_key(sub: str, key: str) -> str:
+    if sub.startswith("gates.") and sub.endswith(".conv_spatial.bias"):
+        raise CheckpointError(f"released key {key!r}: a depthwise bias per stage is the layout of the first released "
+                              "block (repo commit b2bd847), which this ΔConvBlock is not: the bias cannot be folded "
+                              "exactly into proj_in because of the conv's zero padding, so it is not imported")
     if sub.startswith("gates."):
         parts = sub.split(".")
         if len(parts) == 4 and parts[2:] == ["conv_spatial", "weight"] and parts[1].isdigit():
@@ -120,6 +151,7 @@ def import_released(model_or_pipeline, path, gate: str | None = None, scales=(1.
     """Convert `model_or_pipeline` with the layout found in a released ΔConvFusion checkpoint (file or directory)
     and load its weights. `scales` must have one entry per `gates.{i}`; `gate` defaults to the released gate."""
     model = dm.resolve_denoiser(model_or_pipeline)
+    scales = validation.check_scales(scales)
     tensors = released_to_layers(read_state_dict(path), model)
     names = [s.name for s in dm.find_sites(model)]
     gate = gate if gate is not None else dm.released_gate(model)
@@ -132,6 +164,7 @@ def import_released(model_or_pipeline, path, gate: str | None = None, scales=(1.
     if len(tuple(scales)) != len(n_stages):
         raise CheckpointError(f"checkpoint has {len(n_stages)} pyramid stages (gates.*) but scales={tuple(scales)}")
     check_tensors(expected_shapes(configs, scales, inter_ratio), tensors, f"released checkpoint {path}")
+    check_tensor_values(tensors, f"released checkpoint {path}")
     report = convert(model, {n: c["kernel_size"] for n, c in configs.items()}, gate=gate, scales=scales,
                      inter_ratio=inter_ratio, keep_attention=keep_attention, backend=backend)
     copy_block_weights(converted_layers(model), tensors)

@@ -22,8 +22,8 @@ def pyramid(u: torch.Tensor, weights, scales, gate: str = "scaled", gate_scale: 
     """Fused pyramid stages on channels-last `u` `[B, H, W, Ci]`: returns the concat buffer `[B, H, W, Ci/2*S]`."""
     validation.check_pyramid_args(u, weights, scales)
     validation.check_gate(gate)
-    if gate_scale is None:
-        gate_scale = default_gate_scale(u.shape[-1])
+    gate_scale = (default_gate_scale(u.shape[-1]) if gate_scale is None
+                  else validation.check_gate_scale(gate_scale))
     name = resolve(backend, u.device.type, u.dtype)
     if name == "torch":
         return reference.pyramid(u, weights, scales, gate, gate_scale)

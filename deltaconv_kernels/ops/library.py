@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from deltaconv_kernels.ops import registry
+from deltaconv_kernels.reference import compute_dtype
 
 NAMESPACE = "deltaconv"
 
@@ -81,12 +82,13 @@ def _pooled_grad(ctx, grad):
     # The backward is two small GEMMs and a broadcast: torch does it, no kernel needed.
     x, weight = ctx.saved_tensors
     b, h, w, c = x.shape
-    g = grad.float()
+    cd = compute_dtype(x.dtype)  # fp32, or fp64 for fp64 inputs (DESIGN §1)
+    g = grad.to(cd)
     grad_x = grad_w = grad_b = None
     if ctx.needs_input_grad[0]:
-        grad_x = (g @ weight.float() / (h * w)).to(x.dtype)[:, None, None, :].expand(b, h, w, c)
+        grad_x = (g @ weight.to(cd) / (h * w)).to(x.dtype)[:, None, None, :].expand(b, h, w, c)
     if ctx.needs_input_grad[1]:
-        grad_w = (g.t() @ x.float().mean(dim=(1, 2))).to(weight.dtype)
+        grad_w = (g.t() @ x.to(cd).mean(dim=(1, 2))).to(weight.dtype)
     if ctx.needs_input_grad[2]:
         grad_b = g.sum(0).to(ctx.bias_dtype)
     return grad_x, grad_w, grad_b, None

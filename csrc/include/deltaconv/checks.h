@@ -37,10 +37,6 @@ inline void check_pyramid_args(const at::Tensor& u, at::TensorList weights, at::
                 " but u is on ", u.device());
     const double s = scales[i];
     TORCH_CHECK(s > 0.0 && s <= 1.0, "deltaconv ", backend, ": scales[", i, "] must lie in (0, 1], got ", s);
-    const auto ph = static_cast<int64_t>(static_cast<double>(u.size(1)) * s);
-    const auto pw = static_cast<int64_t>(static_cast<double>(u.size(2)) * s);
-    TORCH_CHECK(ph >= 1 && pw >= 1, "deltaconv ", backend, ": scale ", s, " pools the ", u.size(1), "x", u.size(2),
-                " map to ", ph, "x", pw, "; every pooled size must be >= 1");
   }
 }
 

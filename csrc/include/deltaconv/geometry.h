@@ -13,9 +13,11 @@
 
 namespace deltaconv {
 
-// `int(size * scale)`, the pooled size of a stage (DESIGN §1).
+// `max(1, int(size * scale))`, the pooled size of a stage along one axis (DESIGN §1): the twin of
+// deltaconv_kernels/geometry.py:pooled_size (tests/test_thin_maps.py checks that the two agree).
 DELTACONV_HD int64_t pooled_size(int64_t size, double scale) {
-  return static_cast<int64_t>(static_cast<double>(size) * scale);
+  const auto p = static_cast<int64_t>(static_cast<double>(size) * scale);
+  return p < 1 ? 1 : p;
 }
 
 // Adaptive-pool window [start, end) of output index `o`: floor(o*in/out) .. ceil((o+1)*in/out).

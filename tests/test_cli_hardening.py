@@ -1,0 +1,224 @@
+"""CLI misuse is `deltaconv <command>: error: ...` with exit code 2 and no traceback, checked before any work
+(issue 14 item 5); distillation runs are repeatable from --seed (item 3), never silently overwrite an earlier
+run, resume only on the same data (item 4), and write files with the umask's mode, cleaning torn temporaries
+(item 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+
+from deltaconv_kernels.cli import main
+
+pytest.importorskip("diffusers")
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from tiny_models import tiny_pixart
+
+    path = tmp_path_factory.mktemp("model") / "pixart"
+    tiny_pixart().save_pretrained(path)
+    return path
+
+
+def _distill(model_dir, out, *extra, steps=2):
+    return ["distill", "--model", str(model_dir), "--random", "4", "--random-size", "16", "16",
+            "--random-prompt-len", "3", "--kernel-sizes", "3", "--batch-size", "2", "--checkpoint-every", "1",
+            "--log-every", "1", "--warmup-steps", "1", "--output-dir", str(out), "--no-progress", "--no-plot",
+            "--max-steps", str(steps), *extra]
+
+
+def _usage_error(capsys, argv, match):
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured.out[-2000:] + captured.err[-2000:]
+    assert "Traceback" not in captured.err
+    assert f"deltaconv {argv[0]}: error: " in captured.err and match in captured.err, captured.err
+
+
+# --- item 5: distill ---------------------------------------------------------------------------------------
+
+def _latents_file(path, channels=4, width=32):
+    torch.save({"latents": torch.randn(2, channels, 16, 16), "prompt_embeds": torch.randn(2, 3, width)}, path)
+    return path
+
+
+DISTILL_CASES = {
+    "fp16 on cpu": (lambda t: ["--mixed-precision", "fp16"], "--mixed-precision fp16 needs a CUDA GPU"),
+    "random-size 0": (lambda t: ["--random-size", "0", "0"], "--random-size sides must be >= 1"),
+    "threads -1": (lambda t: ["--threads", "-1"], "--threads must be >= 1"),
+    "random 0": (lambda t: ["--random", "0"], "--random must be >= 1"),
+    "resume garbage": (lambda t: ["--resume", str(t / "garbage.pt")], "not a readable deltaconv distill checkpoint"),
+    "resume and overwrite": (lambda t: ["--resume", "--overwrite"], "contradict"),
+}
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # mixed precision is process-wide state
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.parametrize("case", list(DISTILL_CASES))
+def test_distill_misuse(model_dir, tmp_path, capsys, case, fresh_accelerate_state):
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    extra, match = DISTILL_CASES[case]
+    _usage_error(capsys, _distill(model_dir, tmp_path / "out", *extra(tmp_path)), match)
+
+
+@NO_CUDA
+def test_distill_backend_without_gpu(model_dir, tmp_path, capsys, monkeypatch):
+    _usage_error(capsys, _distill(model_dir, tmp_path / "out", "--backend", "cuda"), "backend 'cuda'")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # outside the interpreter Triton needs a GPU
+    _usage_error(capsys, _distill(model_dir, tmp_path / "out", "--backend", "triton"), "backend 'triton'")
+
+
+def test_distill_output_dir_is_a_file(model_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    _usage_error(capsys, _distill(model_dir, tmp_path / "file"), "is a file, not a folder")
+
+
+@pytest.mark.parametrize("channels,width,match", [(3, 32, "latents have 3 channels"),
+                                                  (4, 7, "prompt embeddings are 7 wide")])
+def test_distill_data_that_does_not_fit(model_dir, tmp_path, capsys, channels, width, match):
+    data = _latents_file(tmp_path / "data.pt", channels, width)
+    argv = ["distill", "--model", str(model_dir), "--latents", str(data), "--kernel-sizes", "3", "--output-dir",
+            str(tmp_path / "out"), "--max-steps", "1", "--no-progress", "--no-plot"]
+    _usage_error(capsys, argv, match)
+
+
+def test_distill_images_without_vae(model_dir, tmp_path, capsys):
+    argv = ["distill", "--model", str(model_dir), "--images", str(tmp_path), "--text-encoder", "m:f",
+            "--output-dir", str(tmp_path / "out")]
+    _usage_error(capsys, argv, "--images needs a VAE")
+
+
+# --- item 5: analyze and bench -------------------------------------------------------------------------------
+
+ANALYZE_CASES = {
+    "missing model": (lambda t: ["--model", str(t / "missing")], "no config.json"),
+    "batch 0": (lambda t: ["--tiny", "pixart", "--batch-size", "0"], "--batch-size must be >= 1"),
+    "k-min 4": (lambda t: ["--tiny", "pixart", "--k-min", "4"], "k_min must be a positive odd int"),
+    "threshold 2": (lambda t: ["--tiny", "pixart", "--threshold", "2"], "threshold must lie in (0, 1]"),
+    "missing inputs": (lambda t: ["--tiny", "pixart", "--inputs", str(t / "none.pt")], "does not exist"),
+    "timesteps 5000": (lambda t: ["--tiny", "pixart", "--timesteps", "5000"], "--timesteps must lie in [0, 999]"),
+    "device foo": (lambda t: ["--tiny", "pixart", "--device", "foo"], "--device must be cpu or cuda"),
+    "out is a file": (lambda t: ["--tiny", "pixart", "--out", str(t / "file")], "is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(ANALYZE_CASES))
+def test_analyze_misuse(tmp_path, capsys, case):
+    (tmp_path / "file").write_text("x")
+    extra, match = ANALYZE_CASES[case]
+    _usage_error(capsys, ["analyze", "--no-progress", "--no-plots", *extra(tmp_path)], match)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+@NO_CUDA
+def test_analyze_and_bench_cuda_without_gpu(tmp_path, capsys):
+    _usage_error(capsys, ["analyze", "--tiny", "pixart", "--device", "cuda"], "no CUDA GPU is available")
+    _usage_error(capsys, ["bench", "--device", "cuda", "--out", str(tmp_path)], "no CUDA GPU is available")
+
+
+BENCH_CASES = {
+    "device foo": (["--device", "foo"], "--device must be cpu or cuda"),
+    "resolution 3K": (["--max-resolution", "3K"], "resolution must be one of"),
+    "batch 0": (["--batch", "0"], "--batch must be >= 1"),
+    "budget -1": (["--time-budget", "-1"], "--time-budget must be > 0"),
+    "unknown method": (["--methods", "flash"], "--methods must be"),
+}
+
+
+@pytest.mark.parametrize("case", list(BENCH_CASES))
+def test_bench_misuse(tmp_path, capsys, case):
+    extra, match = BENCH_CASES[case]
+    _usage_error(capsys, ["bench", "--device", "cpu", "--out", str(tmp_path / "b"), *extra], match)
+    assert not (tmp_path / "b").exists()
+
+
+def test_bench_out_is_a_file_is_refused_before_the_run(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    _usage_error(capsys, ["bench", "--device", "cpu", "--methods", "deltaconv", "--max-resolution", "512",
+                          "--out", str(tmp_path / "file")], "is a file, not a folder")
+    assert "deltaconv-" not in capsys.readouterr().err  # no case ran
+
+
+# --- items 2, 3, 4: distillation runs ---------------------------------------------------------------------
+
+def _weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "deltaconv" / "deltaconv.safetensors"))
+
+
+def _history(out):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((out / "history.json").read_text())]
+
+
+def test_two_identical_commands_are_bit_identical(model_dir, tmp_path, capsys):
+    torch.manual_seed(123)  # whatever the global RNG holds before: --seed decides
+    assert main(_distill(model_dir, tmp_path / "a", "--seed", "5")) == 0
+    torch.rand(17)
+    assert main(_distill(model_dir, tmp_path / "b", "--seed", "5")) == 0
+    assert _history(tmp_path / "a") == _history(tmp_path / "b")
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert main(_distill(model_dir, tmp_path / "c", "--seed", "6")) == 0
+    assert _history(tmp_path / "c") != _history(tmp_path / "a")
+
+
+def test_rerun_into_an_earlier_run_is_refused_unless_asked(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_distill(model_dir, out)) == 0
+    before = (out / "history.csv").read_text(), (out / "checkpoint.pt").read_bytes()
+    _usage_error(capsys, _distill(model_dir, out), "--resume")
+    assert ((out / "history.csv").read_text(), (out / "checkpoint.pt").read_bytes()) == before
+    assert main(_distill(model_dir, out, "--overwrite", steps=1)) == 0
+    assert [r["step"] for r in _history(out)] == [1]
+
+
+def test_resume_refuses_other_data(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_distill(model_dir, out)) == 0
+    argv = _distill(model_dir, out, "--resume", steps=3)
+    argv[argv.index("--random-size") + 1:argv.index("--random-size") + 3] = ["16", "12"]
+    _usage_error(capsys, argv, "data: checkpoint")
+    argv = _distill(model_dir, out, "--resume", steps=3)
+    argv[argv.index("--random") + 1] = "6"
+    _usage_error(capsys, argv, "data: checkpoint")
+    assert main(_distill(model_dir, out, "--resume", steps=3)) == 0  # the same data resumes
+
+
+def test_trainer_refuses_an_earlier_run_without_overwrite(tmp_path):
+    from test_distill_trainer import _model, _trainer
+
+    _trainer(tmp_path, _model(), 1).train()
+    with pytest.raises(ValueError, match="already holds a run"):
+        _trainer(tmp_path, _model(), 1).train()
+
+
+def test_distill_files_follow_the_umask_and_torn_temps_are_cleaned(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"torn by kill -9")
+    (out / ".history.json.k1ll3d.tmp").write_bytes(b"torn")
+    old = os.umask(0o022)
+    try:
+        assert main(_distill(model_dir, out, "--log-every", "1")) == 0
+    finally:
+        os.umask(old)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    for path in (out / "checkpoint.pt", out / "history.json", out / "history.csv",
+                 out / "deltaconv" / "deltaconv.safetensors", out / "deltaconv" / "deltaconv.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
