@@ -63,14 +63,14 @@ class ComposedTorchBlock(nn.Module):
         self.block = block
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from deltaconv_kernels.reference import pooled_size
+        from deltaconv_kernels.geometry import pooled_size
 
         blk = self.block
         b, h, w, c = x.shape
         u = blk.proj_in(x).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
         outs = []
         for stage, s in zip(blk.stages, blk.scales):
-            t = u if s == 1.0 else F.adaptive_avg_pool2d(u, (pooled_size(h, s), pooled_size(w, s)))
+            t = u if s == 1.0 else F.adaptive_avg_pool2d(u, pooled_size(h, w, s))
             wt = stage.weight.permute(2, 0, 1)[:, None]
             d = F.conv2d(t, wt, padding=wt.shape[-1] // 2, groups=t.shape[1])
             a, g = d.chunk(2, dim=1)

@@ -307,3 +307,10 @@ def test_pyramid_bf16_read_as_channel_pairs(case):
                         [torch.zeros(k, k, ci, dtype=torch.bfloat16)] * len(scales), scales, gate == "sigmoid", 1.0)
     assert launches[0][3]["PACKED"] is True  # the s = 1 stage reads the bf16 copy of u
     _check_pyramid(case, torch.bfloat16)
+
+
+@pytest.mark.parametrize("case", [(1, 4, 1, 4, 3, (1.0, 0.5), "scaled"), (2, 1, 5, 6, 5, (1.0, 0.5, 0.25), "sigmoid"),
+                                  (1, 3, 2, 4, 3, (0.25,), "scaled")], ids=["4x1", "1x5", "3x2-s0.25"])
+def test_pyramid_thin_maps(case):
+    # Pooled sizes max(1, int(H*s)) per axis (DESIGN §1): a pooled axis may keep its size while the other shrinks.
+    _check_pyramid(case, torch.float32)

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltaconv_kernels.reference import pooled_size
+from deltaconv_kernels.geometry import pooled_size
 from deltaconv_kernels.triton import launch
 from deltaconv_kernels.triton.index_math import (
     adaptive_window,
@@ -247,7 +247,6 @@ def pyramid_backward(grad_out: torch.Tensor, u: torch.Tensor, weights, scales, s
     for i, (weight, s) in enumerate(zip(weights, scales)):
         launch.check_tensor(weight, f"weights[{i}]", u.device)
         go = grad_out[..., i * half:(i + 1) * half]
-        gw = _stage_backward(go, u, weight, pooled_size(h, s), pooled_size(w, s), sigmoid_gate, gate_scale,
-                             grad_acc, i > 0)
+        gw = _stage_backward(go, u, weight, *pooled_size(h, w, s), sigmoid_gate, gate_scale, grad_acc, i > 0)
         grad_ws.append(gw.to(weight.dtype))
     return grad_acc.to(u.dtype), grad_ws

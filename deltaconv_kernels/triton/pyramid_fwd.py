@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltaconv_kernels.reference import pooled_size
+from deltaconv_kernels.geometry import pooled_size
 from deltaconv_kernels.triton import launch
 from deltaconv_kernels.triton.index_math import (
     adaptive_window,
@@ -181,7 +181,7 @@ def pyramid_forward(u: torch.Tensor, weights, scales, sigmoid_gate: bool, gate_s
     for i, (weight, s) in enumerate(zip(weights, scales)):
         launch.check_tensor(weight, f"weights[{i}]", u.device)
         dst = out[..., i * half:(i + 1) * half]
-        low_h, low_w = pooled_size(h, s), pooled_size(w, s)
+        low_h, low_w = pooled_size(h, w, s)
         src = stage_source(u, weight.shape[0], low_h, low_w)
         if (low_h, low_w) == (h, w):
             conv_gate(src, weight, dst, h, w, sigmoid_gate, gate_scale)
