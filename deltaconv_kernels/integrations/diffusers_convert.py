@@ -9,7 +9,12 @@ from torch import nn
 
 from deltaconv_kernels import validation
 from deltaconv_kernels.integrations import diffusers_models as dm
-from deltaconv_kernels.integrations.diffusers_attention import MODES, DeltaConvAttention, attach_size_hook
+from deltaconv_kernels.integrations.diffusers_attention import (
+    MODES,
+    DeltaConvAttention,
+    attach_size_hook,
+    detach_size_hooks,
+)
 from deltaconv_kernels.modules import DeltaConvBlock
 
 
@@ -126,6 +131,8 @@ def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None,
                                               attention=attn if keep_attention else None)
         report.layers.append(LayerReport(site.name, site.level, site.factor, _sample_hw(model, site.factor),
                                          blocks[site.name].dim, sizes[site.name], gate))
+    from deltaconv_kernels.integrations.diffusers_pretrained import install_save  # (imports this module)
+    install_save(model)  # the model's save_pretrained writes a converted folder, never a partial base model
     return report
 
 
@@ -163,3 +170,40 @@ def set_mode(model_or_pipeline, mode: str) -> None:
 def deltaconv_parameters(model_or_pipeline):
     """The parameters of the ΔConvBlocks only (not the kept attention, not the rest of the model)."""
     return [p for _, m in iter_deltaconv_modules(model_or_pipeline) for p in m.block.parameters()]
+
+
+def revert(model_or_pipeline) -> None:
+    """Undo `convert`: put every kept original attention back as `attn1` and remove the size hooks. Raises (and
+    changes nothing) when a layer did not keep it (convert(..., keep_attention=True) keeps it)."""
+    model = dm.resolve_denoiser(model_or_pipeline)
+    layers = converted_layers(model)
+    without = [n for n, m in layers.items() if m.attention is None]
+    if without:
+        raise ValueError(f"cannot revert: {len(without)} of {len(layers)} converted layers did not keep the original "
+                         f"attention (e.g. {without[0]}); only a model converted with keep_attention=True reverts")
+    for name, module in layers.items():
+        parent_name, attr = name.rsplit(".", 1)
+        setattr(model.get_submodule(parent_name), attr, module.attention)
+    detach_size_hooks(model)
+    from deltaconv_kernels.integrations.diffusers_pretrained import uninstall_save
+    uninstall_save(model)
+
+
+def set_attn_processor(model_or_pipeline, processors) -> None:
+    """`model.set_attn_processor` that also takes a processor dict of the *base* model (keys
+    `...attn1.processor`, `...attn2.processor`): on a converted model an attn1 entry goes to the kept original
+    attention (`...attn1.attention.processor`) and is dropped where the ΔConvBlock replaced it (it has no
+    processor). A single processor, or a dict keyed as `model.attn_processors` already is, goes through as is."""
+    model = dm.resolve_denoiser(model_or_pipeline)
+    if isinstance(processors, dict):
+        layers = dict(iter_deltaconv_modules(model))
+        mapped = {}
+        for key, proc in processors.items():
+            layer = key[: -len(".processor")] if key.endswith(".processor") else None
+            if layer in layers:
+                if layers[layer].attention is not None:
+                    mapped[f"{layer}.attention.processor"] = proc
+            else:
+                mapped[key] = proc
+        processors = mapped
+    model.set_attn_processor(processors)
