@@ -3,7 +3,9 @@ report and the helpers that walk converted models."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
@@ -71,8 +73,21 @@ def _sample_hw(model: nn.Module, factor: int) -> tuple[int, int] | None:
     return h // factor, w // factor
 
 
+def _from_analysis(kernel_sizes):
+    """The {layer: K} of an analysis.json that `deltaconv analyze` wrote (its path, or the loaded dict)."""
+    if isinstance(kernel_sizes, (str, Path)) and str(kernel_sizes).endswith(".json"):
+        path = Path(kernel_sizes)
+        if not path.is_file():
+            raise ValueError(f"kernel_sizes: no file {path}")
+        kernel_sizes = json.loads(path.read_text())
+    if isinstance(kernel_sizes, dict) and isinstance(kernel_sizes.get("kernel_sizes"), dict):
+        return kernel_sizes["kernel_sizes"]
+    return kernel_sizes
+
+
 def _kernel_sizes(model, sites, kernel_sizes) -> tuple[dict[str, int], str | None]:
     names = [s.name for s in sites]
+    kernel_sizes = _from_analysis(kernel_sizes)
     if isinstance(kernel_sizes, str):
         if kernel_sizes != "released":
             raise ValueError(f"kernel_sizes must be 'released', an int or a {{layer_name: K}} dict, "
@@ -104,8 +119,9 @@ def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None,
         model_or_pipeline: `UNet2DConditionModel`, `PixArtTransformer2DModel`, `DiTTransformer2DModel`, or a
             pipeline holding one as `unet` / `transformer`. Converted in place; new blocks take the dtype and
             device of the attention they replace (meta included).
-        kernel_sizes: "released" (DESIGN §1 per-level sizes), one odd int for all layers, or a dict naming
-            exactly the layers `convert` reports (`report.kernel_sizes()`).
+        kernel_sizes: "released" (DESIGN §1 per-level sizes), one odd int for all layers, a dict naming
+            exactly the layers `convert` reports (`report.kernel_sizes()`), or the analysis.json `deltaconv
+            analyze` writes (its path or its loaded dict: the "kernel_sizes" entry is used).
         gate: "scaled" | "sigmoid"; None takes the released gate (U-Nets scaled, PixArt/DiT sigmoid).
         keep_attention: keep the original attention as `.attention` (needed for modes "teacher"/"distill").
     """

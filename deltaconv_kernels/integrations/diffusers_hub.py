@@ -18,7 +18,7 @@ def split_hub_kwargs(kwargs: dict) -> tuple[dict, dict]:
     return hub, {k: v for k, v in kwargs.items() if k not in hub}
 
 
-def local_path(path_or_repo_id, what: str = "path", **hub_kwargs) -> Path:
+def local_path(path_or_repo_id, what: str, **hub_kwargs) -> Path:
     """`path_or_repo_id` itself when it exists on disk; else, when it looks like a repo id ("owner/name"), the
     local snapshot folder that `huggingface_hub.snapshot_download` returns (downloaded, or from the cache when
     offline). Raises CheckpointError naming both readings otherwise."""
@@ -30,12 +30,13 @@ def local_path(path_or_repo_id, what: str = "path", **hub_kwargs) -> Path:
         return path
     text = str(path_or_repo_id)
     if not _REPO_ID.match(text):
-        raise CheckpointError(f"{what} {text!r} does not exist (and is not a Hub repo id like 'owner/name')")
+        raise CheckpointError(f"{text!r} does not exist, so it is not a {what} (nor a Hub repo id like "
+                              "'owner/name')")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(text, **hub_kwargs))
     except (LocalEntryNotFoundError, HFValidationError, HfHubHTTPError, OSError) as e:
-        raise CheckpointError(f"{what} {text!r} is no local folder, and as a Hub repo id it could not be fetched: "
+        raise CheckpointError(f"{text!r} is no local {what}, and as a Hub repo id it could not be fetched: "
                                 f"{type(e).__name__}: {e}") from e

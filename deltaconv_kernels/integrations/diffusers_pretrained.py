@@ -131,7 +131,7 @@ def denoiser_subfolder(folder: Path) -> str | None:
 def checkpoint_folder(path_or_repo_id, **hub_kwargs) -> Path:
     """The folder holding deltaconv.json for a `load`: a `save` folder, a converted model or pipeline folder,
     each local or a Hub repo id."""
-    folder = local_path(path_or_repo_id, "checkpoint", **hub_kwargs)
+    folder = local_path(path_or_repo_id, "deltaconv checkpoint", **hub_kwargs)
     if folder.is_dir() and not (folder / CONFIG_NAME).is_file():
         sub = denoiser_subfolder(folder)
         if sub is not None:
@@ -205,7 +205,7 @@ def from_pretrained(path_or_repo_id, torch_dtype=None, device_map=None, low_cpu_
     model on the meta device and assigns the saved tensors. Other keyword arguments go to the pipeline's
     `DiffusionPipeline.from_pretrained` (a model folder takes none)."""
     hub, rest = split_hub_kwargs(kwargs)
-    folder = local_path(path_or_repo_id, "path_or_repo_id", **hub)
+    folder = local_path(path_or_repo_id, "converted model or pipeline folder", **hub)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder")
     sub = denoiser_subfolder(folder)
