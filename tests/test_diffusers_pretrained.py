@@ -130,7 +130,7 @@ def test_from_pretrained_errors(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         dd.from_pretrained(tmp_path / "nothing here")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="deltaconv_pretrained.json"):
+    with pytest.raises(CheckpointError, match="no deltaconv_base.safetensors"):
         dd.from_pretrained(tmp_path / "empty")
     model = tiny_dit()
     with pytest.raises(ValueError, match="not converted"):
@@ -217,13 +217,16 @@ def test_diffusers_save_pretrained_writes_converted_folder_and_diffusers_load_fa
     pipe = _converted_pipe("sd15")
     ref = _run_pipe(pipe)
     pipe.save_pretrained(tmp_path / "p")  # diffusers' own method
-    assert not list((tmp_path / "p" / "unet").glob("diffusion_pytorch_model*"))
+    assert not list((tmp_path / "p" / "unet").glob("diffusion_pytorch_model*.safetensors"))
     torch.testing.assert_close(_run_pipe(dd.from_pretrained(tmp_path / "p", **SD_NONE)), ref, rtol=0, atol=0)
+    advice = "load-with-deltaconv_kernels.integrations.diffusers.from_pretrained"
     for low in (True, False):
-        with pytest.raises(OSError, match="diffusion_pytorch_model"):
+        with pytest.raises(OSError, match=advice):
             StableDiffusionPipeline.from_pretrained(tmp_path / "p", low_cpu_mem_usage=low, **SD_NONE)
-        with pytest.raises(OSError, match="diffusion_pytorch_model"):
+        with pytest.raises(OSError, match=advice):
             UNet2DConditionModel.from_pretrained(tmp_path / "p", subfolder="unet", low_cpu_mem_usage=low)
+        with pytest.raises(OSError, match=advice):
+            UNet2DConditionModel.from_pretrained(tmp_path / "p" / "unet", low_cpu_mem_usage=low)
     with pytest.raises(ValueError, match="takes only the folder"):
         pipe.unet.save_pretrained(tmp_path / "u", variant="fp16")
     copy_saved = copy.deepcopy(pipe.unet)  # the save hook follows the copy, not the original

@@ -6,14 +6,16 @@ Layout: a pipeline folder is what diffusers' `pipe.save_pretrained` writes, exce
 
     config.json                  the base model's diffusers config (unchanged)
     deltaconv_base.safetensors   every tensor of the converted model except the ΔConvBlocks (a kept attn1 under
-                                 `...attn1.attention.*`)
+                                 `...attn1.attention.*`); its header records the format and whether attn1 was kept
     deltaconv.json / .safetensors  the ΔConvBlocks and the conversion (`save`)
-    deltaconv_pretrained.json    format, model class, whether attn1 was kept
 
-There is deliberately no `diffusion_pytorch_model.*` file: the original attn1 weights do not exist any more, and a
-diffusers loader that finds a weights file with them missing initialises them at random (silently with
-`low_cpu_mem_usage=False`). Without one, diffusers' own `from_pretrained` fails loudly instead. `convert` makes the
-model's own `save_pretrained` (which `pipe.save_pretrained` calls) write this layout too.
+    diffusion_pytorch_model.safetensors.index.json   a guard (below)
+
+There is deliberately no diffusers weights file: the original attn1 weights do not exist any more, and a diffusers
+loader that finds a weights file with them missing initialises them at random (silently with
+`low_cpu_mem_usage=False`). Instead the guard index names a single shard that does not exist and whose name is the
+advice, so diffusers' own `from_pretrained` fails loudly, saying what to call. `convert` makes the model's own
+`save_pretrained` (which `pipe.save_pretrained` calls) write this layout too.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from deltaconv_kernels.integrations.diffusers_convert import converted_layers
 from deltaconv_kernels.integrations.diffusers_hub import local_path, split_hub_kwargs
 
 BASE_NAME = "deltaconv_base.safetensors"
-META_NAME = "deltaconv_pretrained.json"
+GUARD_NAME = "diffusion_pytorch_model.safetensors.index.json"  # diffusers' sharded-checkpoint index name
+ADVICE = "converted-by-deltaconv_kernels--load-with-deltaconv_kernels.integrations.diffusers.from_pretrained"
 FORMAT = "deltaconv_kernels.diffusers.pretrained"
 VERSION = 1
 DENOISERS = ("unet", "transformer")
@@ -58,9 +61,13 @@ def save_model_folder(model, directory) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save(model, out)  # the ΔConvBlocks (checks they are real), then the rest
     model.save_config(out)
-    save_file(base, str(out / BASE_NAME), metadata={"format": "pt"})
-    meta = {"format": FORMAT, "version": VERSION, "class": type(model).__name__, "keep_attention": bool(kept)}
-    (out / META_NAME).write_text(json.dumps(meta, indent=1))
+    header = {"format": "pt", "deltaconv_format": FORMAT, "deltaconv_version": str(VERSION),
+              "keep_attention": "true" if kept else "false"}
+    save_file(base, str(out / BASE_NAME), metadata=header)
+    guard = {"metadata": {"note": "ΔConv-converted model: the attn1 weights are not a diffusers checkpoint; load "
+                                  "this folder with deltaconv_kernels.integrations.diffusers.from_pretrained"},
+             "weight_map": {"deltaconv": ADVICE}}
+    (out / GUARD_NAME).write_text(json.dumps(guard, indent=1))
     return out
 
 
@@ -105,26 +112,30 @@ def save_pretrained(pipe_or_model, directory) -> Path:
 
 
 def _read_meta(folder: Path) -> dict:
-    file = folder / META_NAME
-    if not file.is_file():
-        raise CheckpointError(f"no {META_NAME} in {folder}: not a folder written by save_pretrained")
-    meta = json.loads(file.read_text())
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise CheckpointError(f"{file}: format {meta.get('format')!r} version {meta.get('version')!r}, expected "
-                              f"{FORMAT!r} version {VERSION}")
-    if meta.get("class") not in dm.SUPPORTED:
-        raise CheckpointError(f"{file}: model class {meta.get('class')!r} is not one of {list(dm.SUPPORTED)}")
-    return meta
+    """Model class (config.json) and the format / kept-attention record in the base file's safetensors header."""
+    from safetensors import safe_open
+    base_file = folder / BASE_NAME
+    if not base_file.is_file():
+        raise CheckpointError(f"no {BASE_NAME} in {folder}: not a folder written by save_pretrained")
+    with safe_open(str(base_file), "pt") as f:
+        header = f.metadata() or {}
+    if header.get("deltaconv_format") != FORMAT or header.get("deltaconv_version") != str(VERSION):
+        raise CheckpointError(f"{base_file}: format {header.get('deltaconv_format')!r} version "
+                              f"{header.get('deltaconv_version')!r}, expected {FORMAT!r} version {VERSION}")
+    class_name = json.loads((folder / "config.json").read_text()).get("_class_name")
+    if class_name not in dm.SUPPORTED:
+        raise CheckpointError(f"{folder}/config.json: model class {class_name!r} is not one of {list(dm.SUPPORTED)}")
+    return {"class": class_name, "keep_attention": header.get("keep_attention") == "true"}
 
 
 def denoiser_subfolder(folder: Path) -> str | None:
     """The subfolder of a pipeline folder that holds the converted denoiser, None for a model folder."""
     if not (folder / "model_index.json").is_file():
         return None
-    found = [name for name in DENOISERS if (folder / name / META_NAME).is_file()]
+    found = [name for name in DENOISERS if (folder / name / BASE_NAME).is_file()]
     if len(found) != 1:
         raise CheckpointError(f"{folder} is a pipeline folder, but {'none' if not found else 'several'} of its "
-                              f"{list(DENOISERS)} subfolders hold a converted model ({META_NAME})")
+                              f"{list(DENOISERS)} subfolders hold a converted model ({BASE_NAME})")
     return found[0]
 
 
@@ -165,8 +176,6 @@ def load_model_folder(folder: Path, torch_dtype=None, device_map=None, low_cpu_m
 
     meta = _read_meta(folder)
     base_file = folder / BASE_NAME
-    if not base_file.is_file():
-        raise CheckpointError(f"no {BASE_NAME} in {folder}")
     cls = getattr(diffusers, meta["class"])
     config = cls.load_config(str(folder))
     if low_cpu_mem_usage:
