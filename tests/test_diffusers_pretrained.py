@@ -17,6 +17,7 @@ pytest.importorskip("accelerate")
 from tiny_models import (  # noqa: E402
     pixart_inputs,
     tiny_dit,
+    tiny_dit_pipeline,
     tiny_pixart,
     tiny_pixart_pipeline,
     tiny_sd_pipeline,
@@ -51,6 +52,9 @@ def _run_model(model):
 
 
 def _run_pipe(pipe):
+    if type(pipe).__name__ == "DiTPipeline":
+        return torch.from_numpy(pipe(class_labels=[1, 2], guidance_scale=1.0, num_inference_steps=2,
+                                     output_type="np", generator=torch.Generator().manual_seed(1)).images)
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(1, 5, 32, generator=g)
     kwargs = dict(prompt_embeds=emb, negative_prompt_embeds=torch.zeros_like(emb), num_inference_steps=2,
@@ -65,7 +69,7 @@ def _run_pipe(pipe):
 MODELS = {"sd15": lambda: tiny_unet("sd15"), "sdxl": lambda: tiny_unet("sdxl"), "pixart": tiny_pixart,
           "dit": tiny_dit}
 PIPES = {"sd15": lambda: tiny_sd_pipeline("sd15"), "sdxl": lambda: tiny_sd_pipeline("sdxl"),
-         "pixart": tiny_pixart_pipeline}
+         "pixart": tiny_pixart_pipeline, "dit": tiny_dit_pipeline}
 
 
 def _converted_model(kind, keep_attention=False):
@@ -83,7 +87,8 @@ def _converted_pipe(kind):
 
 
 def _pipe_kwargs(pipe):
-    return SD_NONE if "StableDiffusion" in type(pipe).__name__ else NO_TEXT
+    name = type(pipe).__name__
+    return SD_NONE if "StableDiffusion" in name else {} if name == "DiTPipeline" else NO_TEXT
 
 
 # --- item 1: save_pretrained / from_pretrained ------------------------------------------------------------------
