@@ -151,17 +151,23 @@ def test_from_pretrained_errors(tmp_path):
 
 
 def test_from_pretrained_checks_base_tensors(tmp_path):
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     model = _converted_model("dit")
     dd.save_pretrained(model, tmp_path / "m")
     base_file = tmp_path / "m" / "deltaconv_base.safetensors"
     base = load_file(str(base_file))
+    with safe_open(str(base_file), "pt") as f:
+        header = f.metadata()
     key = next(k for k in base if k.endswith("ff.net.0.proj.weight"))
-    save_file({k: v for k, v in base.items() if k != key}, str(base_file))
+    save_file({k: v for k, v in base.items() if k != key}, str(base_file), metadata=header)
     with pytest.raises(CheckpointError, match="missing 1 tensors"):
         dd.from_pretrained(tmp_path / "m")
-    save_file({**base, key: base[key][:1]}, str(base_file))
+    save_file({**base, key: base[key][:1]}, str(base_file), metadata=header)
     with pytest.raises(CheckpointError, match="has shape"):
+        dd.from_pretrained(tmp_path / "m")
+    save_file(base, str(base_file), metadata={**header, "deltaconv_version": "0"})
+    with pytest.raises(CheckpointError, match="version '0'"):
         dd.from_pretrained(tmp_path / "m")
 
 
@@ -201,6 +207,8 @@ def test_hub_repo_ids_offline(tmp_path, offline_hub):
     torch.testing.assert_close(_run_model(fresh), _run_model(pipe.transformer), rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="could not be fetched"):
         dd.from_pretrained("someone/not-in-the-cache")
+    with pytest.raises(CheckpointError, match="does not exist"):  # no owner/name: a missing local path
+        dd.load(tiny_pixart(), "blocks/")
 
 
 def test_import_released_repo_id(tmp_path, offline_hub):

@@ -9,7 +9,7 @@ from pathlib import Path
 from deltaconv_kernels.integrations.diffusers_checkpoint import CheckpointError
 
 HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name (a bare name reads as a path)
 
 
 def split_hub_kwargs(kwargs: dict) -> tuple[dict, dict]:
