@@ -114,8 +114,13 @@ def test_model_folder_dtype_and_device_map(tmp_path):
     loaded = dd.from_pretrained(tmp_path / "m", torch_dtype=torch.bfloat16, device_map="cpu")
     assert {t.dtype for t in loaded.state_dict().values() if t.is_floating_point()} == {torch.bfloat16}
     torch.testing.assert_close(_run_model(loaded).float(), _run_model(model.to(torch.bfloat16)).float())
-    by_module = dd.from_pretrained(tmp_path / "m", device_map={"": "cpu"})
-    torch.testing.assert_close(_run_model(by_module), _run_model(dd.from_pretrained(tmp_path / "m")))
+    plain = _run_model(dd.from_pretrained(tmp_path / "m"))
+    for device_map in ({"": "cpu"}, "auto"):
+        dispatched = dd.from_pretrained(tmp_path / "m", device_map=device_map)
+        assert dispatched.hf_device_map == {"": "cpu"}
+        torch.testing.assert_close(_run_model(dispatched), plain, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="device_map"):
+        dd.from_pretrained(tmp_path / "m", device_map=["cpu"])
 
 
 @pytest.mark.parametrize("kind", sorted(PIPES))

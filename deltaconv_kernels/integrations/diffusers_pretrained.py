@@ -199,7 +199,8 @@ def load_model_folder(folder: Path, torch_dtype=None, device_map=None, low_cpu_m
     model.load_state_dict(base, strict=False, assign=low_cpu_mem_usage)
     if torch_dtype is None:  # the saved dtype (the blocks were materialised in the default one)
         torch_dtype = next((t.dtype for t in base.values() if t.is_floating_point()), None)
-    if torch_dtype is not None:
+    if torch_dtype is not None and any(t.is_floating_point() and t.dtype != torch_dtype
+                                       for t in model.state_dict().values()):
         model = model.to(torch_dtype)
     return _place(model, device_map).eval()
 
