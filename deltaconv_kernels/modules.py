@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from deltaconv_kernels import ops, validation
 from deltaconv_kernels.reference import default_gate_scale
@@ -35,27 +36,32 @@ class DeltaConvBlock(nn.Module):
             raise ValueError(f"backend must be one of {ops.registry.BACKENDS} or None, got {backend!r}")
         self.backend = backend
         factory = {"device": device, "dtype": dtype}
-        self.proj_in = nn.Linear(dim, self.inner_dim, **factory)
+        self.proj_in = _Projection(dim, self.inner_dim, **factory)
         self.stages = nn.ModuleList(_DepthwiseKernel(kernel_size, self.inner_dim, **factory) for _ in self.scales)
-        self.proj_out = nn.Linear(self.inner_dim // 2 * len(self.scales), dim, **factory)
-        self.pool_proj = nn.Linear(dim, dim, **factory)
+        self.proj_out = _Projection(self.inner_dim // 2 * len(self.scales), dim, **factory)
+        self.pool_proj = _Projection(dim, dim, **factory)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         spatial = validation.as_spatial(x, size, self.dim)
-        if spatial.dtype != self.proj_in.weight.dtype and not torch.is_autocast_enabled(spatial.device.type):
+        # Every parameter is fetched by calling the submodule that holds it (never `.weight` read directly), so
+        # per-module hooks that bring weights in at call time (accelerate's cpu_offload, device_map offload) see
+        # each use.
+        in_w, in_b = self.proj_in()
+        if spatial.dtype != in_w.dtype and not torch.is_autocast_enabled(spatial.device.type):
             raise TypeError(f"x has dtype {spatial.dtype} but the block's parameters are "
-                            f"{self.proj_in.weight.dtype}: cast one of them (block.to(dtype)) or use autocast")
-        if spatial.device != self.proj_in.weight.device:
-            raise ValueError(f"x is on {spatial.device} but the block's parameters are on "
-                             f"{self.proj_in.weight.device}")
+                            f"{in_w.dtype}: cast one of them (block.to(dtype)) or use autocast")
+        if spatial.device != in_w.device:
+            raise ValueError(f"x is on {spatial.device} but the block's parameters are on {in_w.device}")
         b, h, w, c = spatial.shape
-        u = self.proj_in(spatial)
-        concat = ops.pyramid(u, [s.weight for s in self.stages], self.scales, self.gate, self.gate_scale,
+        u = F.linear(spatial, in_w, in_b)
+        concat = ops.pyramid(u, [stage() for stage in self.stages], self.scales, self.gate, self.gate_scale,
                              self.backend)
-        bias = ops.pooled_bias(spatial, self.pool_proj.weight, self.pool_proj.bias, self.backend)
+        pool_w, pool_b = self.pool_proj()
+        bias = ops.pooled_bias(spatial, pool_w, pool_b, self.backend)
         # One batched GEMM with the per-sample bias (b_out + pooled bias) in its epilogue.
-        out_w = self.proj_out.weight.to(concat.dtype)
-        total_bias = (bias + self.proj_out.bias.to(bias.dtype)).to(concat.dtype)
+        out_w, out_b = self.proj_out()
+        out_w = out_w.to(concat.dtype)
+        total_bias = (bias + out_b.to(bias.dtype)).to(concat.dtype)
         y = torch.baddbmm(total_bias[:, None, :], concat.reshape(b, h * w, -1),
                           out_w.t().expand(b, -1, -1))
         return y.view(x.shape)
@@ -73,6 +79,10 @@ class _DepthwiseKernel(nn.Module):
         self.weight = nn.Parameter(torch.empty(kernel_size, kernel_size, channels, device=device, dtype=dtype))
         self.reset_parameters()
 
+    def forward(self) -> torch.Tensor:
+        """The kernel (a call, so that hooks on this module run before it is used)."""
+        return self.weight
+
     def reset_parameters(self) -> None:
         # As the released kernels: kaiming_uniform_ at its default a=0 on the [K, K, Ci] tensor (fan_in = K * Ci,
         # bound sqrt(6 / fan_in)).
@@ -80,3 +90,13 @@ class _DepthwiseKernel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.weight.shape[0]}, channels={self.weight.shape[2]}"
+
+
+class _Projection(nn.Linear):
+    """An `nn.Linear` (same parameters, same state-dict keys) whose call without input returns `(weight, bias)`:
+    the block uses the tensors in fused ops, and fetching them by a call lets per-module hooks run first."""
+
+    def forward(self, x: torch.Tensor | None = None):
+        if x is None:
+            return self.weight, self.bias
+        return super().forward(x)

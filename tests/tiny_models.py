@@ -140,6 +140,15 @@ def tiny_pixart_pipeline(variant: str = "sigma"):
     return pipe
 
 
+def tiny_dit_pipeline():
+    """DiTPipeline with the tiny DiT (10 classes: call it with class labels < 10 and guidance_scale=1, since
+    classifier-free guidance uses the null class 1000) and the tiny VAE."""
+    from diffusers import DDIMScheduler, DiTPipeline
+    pipe = DiTPipeline(transformer=tiny_dit(), vae=tiny_vae(), scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def unet_inputs(model, batch: int = 2, height: int = 16, width: int = 12, tokens: int = 5, seed: int = 0):
     """(sample, timestep, encoder_hidden_states) for a tiny U-Net in the model's dtype."""
     g = torch.Generator().manual_seed(seed)

@@ -20,12 +20,11 @@ from typing import NamedTuple
 
 import torch
 from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.transformers.dit_transformer_2d import DiTTransformer2DModel
-from diffusers.models.transformers.pixart_transformer_2d import PixArtTransformer2DModel
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
 
-SPATIAL_OWNERS = (Transformer2DModel, PixArtTransformer2DModel, DiTTransformer2DModel)
+from deltaconv_kernels.integrations import diffusers_models as dm
+from deltaconv_kernels.integrations.diffusers_attention import RecordSize, SpatialSize
+
 # Attention scores per chunk. Measuring a chunk (float64 integral image and FFT) peaks near 40 bytes per score
 # on top of the 4-byte scores, so 2^23 scores stay under ~400 MiB.
 DEFAULT_MAX_ELEMENTS = 1 << 23
@@ -43,29 +42,17 @@ class CapturedMaps(NamedTuple):
 
 
 def self_attention_layers(model: nn.Module) -> dict[str, BasicTransformerBlock]:
-    """Every `BasicTransformerBlock` of the model whose `attn1` is a self-attention, by the path of its attn1."""
-    found = [(f"{name}.attn1", m) for name, m in model.named_modules()
-             if isinstance(m, BasicTransformerBlock) and not m.only_cross_attention]
-    # U-Nets register up_blocks before mid_block; list layers in forward order (down, mid, up) as convert does
-    section = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
-    layers = dict(sorted(found, key=lambda item: section.get(item[0].split(".", 1)[0], 0)))
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no BasicTransformerBlock with self-attention attn1: "
-                         "supported are UNet2DConditionModel, PixArtTransformer2DModel and DiTTransformer2DModel")
-    return layers
+    """Every `BasicTransformerBlock` of the model whose `attn1` is a self-attention, by the path of its attn1, in
+    forward order: the sites `convert` replaces (`diffusers_models.find_sites`, the one implementation)."""
+    return {site.name: site.block for site in _sites(model)}
 
 
-def _spatial_owner(model: nn.Module, layer: str) -> tuple[str, nn.Module]:
-    """The innermost module above `layer` that sees the 4-D latent (the longest matching name prefix)."""
-    best = None
-    for name, m in model.named_modules():
-        if isinstance(m, SPATIAL_OWNERS) and (name == "" or layer.startswith(name + ".")):
-            if best is None or len(name) > len(best[0]):
-                best = (name, m)
-    if best is None:
-        raise ValueError(f"cannot find the (H, W) of layer {layer!r}: it has no {[c.__name__ for c in SPATIAL_OWNERS]} "
-                         "ancestor whose 4-D input gives the map size")
-    return best
+def _sites(model: nn.Module):
+    if type(model).__name__ not in dm.SUPPORTED:
+        raise ValueError(f"{type(model).__name__} has no BasicTransformerBlock with self-attention attn1 that the "
+                         "analysis knows: supported are UNet2DConditionModel, PixArtTransformer2DModel and "
+                         "DiTTransformer2DModel")
+    return dm.find_sites(model)
 
 
 def query_sample(h: int, w: int, num_queries: int, seed: int, layer: str,
@@ -139,7 +126,8 @@ class AttentionCapture:
                  seed: int = 0, layers: Sequence[str] | None = None,
                  must_include: Callable[[int, int], Sequence[tuple[int, int]]] | None = None,
                  max_elements: int = DEFAULT_MAX_ELEMENTS):
-        all_layers = self_attention_layers(model)
+        sites = {site.name: site for site in _sites(model)}
+        all_layers = {name: site.block for name, site in sites.items()}
         if layers is None:
             layers = list(all_layers)
         unknown = [name for name in layers if name not in all_layers]
@@ -155,17 +143,20 @@ class AttentionCapture:
                                  "converted to ΔConvBlocks?): there is no attention map to capture")
         self.model, self.consumer = model, consumer
         self.layers = {name: all_layers[name] for name in layers}
-        self.owners = {name: _spatial_owner(model, name) for name in self.layers}
+        # one SpatialSize per owner (the module that sees the 4-D map), recorded by the integrations' hook
+        self.sites = {name: sites[name] for name in self.layers}
+        self._sizes = {site.owner_name: SpatialSize(site.owner_name) for site in self.sites.values()}
         self.num_queries, self.seed, self.max_elements = num_queries, seed, max_elements
         self.must_include = must_include or (lambda h, w: ())
         self.step: object = None
-        self.sizes: dict[str, tuple[int, int]] = {}  # owner name -> (H, W) of its current forward
         self.samples: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles: list = []
 
     def __enter__(self) -> AttentionCapture:
-        for owner_name, owner in {o[0]: o[1] for o in self.owners.values()}.items():
-            self._handles.append(owner.register_forward_pre_hook(self._size_hook(owner_name), with_kwargs=True))
+        owners = {site.owner_name: site for site in self.sites.values()}
+        for owner_name, site in owners.items():
+            hook = RecordSize(self._sizes[owner_name], site.patch)
+            self._handles.append(site.owner.register_forward_pre_hook(hook, with_kwargs=True))
         for name, block in self.layers.items():
             self._handles.append(block.attn1.register_forward_hook(self._attention_hook(name), with_kwargs=True))
         return self
@@ -175,18 +166,8 @@ class AttentionCapture:
             handle.remove()
         self._handles.clear()
 
-    def _size_hook(self, owner_name: str):
-        def hook(module, args, kwargs):
-            x = args[0] if args else kwargs.get("hidden_states")
-            if not isinstance(x, torch.Tensor) or x.dim() != 4:
-                raise ValueError(f"{owner_name or type(module).__name__} input must be a 4-D latent [B, C, H, W] "
-                                 f"to give the attention map size, got {getattr(x, 'shape', type(x))}")
-            patch = getattr(module.config, "patch_size", None) or 1
-            self.sizes[owner_name] = (x.shape[-2] // patch, x.shape[-1] // patch)
-        return hook
-
     def _attention_hook(self, name: str):
-        owner_name = self.owners[name][0]
+        size = self._sizes[self.sites[name].owner_name]
 
         def hook(attn, args, kwargs, output):
             if kwargs.get("encoder_hidden_states") is not None:
@@ -195,9 +176,7 @@ class AttentionCapture:
                 raise ValueError(f"attn1 of {name} got an attention_mask; masked self-attention is not supported "
                                  "by the analysis")
             x = args[0] if args else kwargs["hidden_states"]
-            h, w = self.sizes[owner_name]
-            if h * w != x.shape[1]:
-                raise ValueError(f"layer {name}: recorded map size {h}x{w} does not match its {x.shape[1]} tokens")
+            h, w = size.get(x.shape[1], name)
             key = (name, h, w)
             if key not in self.samples:
                 self.samples[key] = query_sample(h, w, self.num_queries, self.seed, name, self.must_include(h, w))

@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated timesteps (default 999,750,500,250,1)")
     parser.add_argument("--resolution", default=None,
                         help="image size in pixels, 512 or HxW like 512x768 (default: the model's sample_size)")
-    parser.add_argument("--vae-scale-factor", type=int, default=8, help="pixels per latent cell (default 8)")
+    parser.add_argument("--vae-scale-factor", type=int, default=None,
+                        help="pixels per latent cell (default: the pipeline folder's VAE, else 8)")
     parser.add_argument("--batch-size", type=int, default=1, help="random inputs per timestep (default 1)")
     parser.add_argument("--inputs", default=None,
                         help="torch.save'd dict of inputs instead of random ones: latents [B,C,H,W] plus "
@@ -85,20 +86,28 @@ def load_model(args: argparse.Namespace):
         model = tiny_model(args.tiny, args.seed)
     else:
         import diffusers
-        folder = Path(args.model) / (args.subfolder or "")
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"--model/--subfolder: no config.json in {folder} (give the local folder of a "
-                                    "diffusers denoiser, e.g. --model sd15 --subfolder unet)")
-        class_name = MODEL_CLASSES.get(args.model_class) or json.loads((folder / "config.json").read_text()).get(
-            "_class_name")
-        if class_name not in MODEL_CLASSES.values():
-            raise ValueError(f"{folder}/config.json names {class_name!r}; supported: {list(MODEL_CLASSES.values())} "
-                             "(or pass --model-class)")
-        model = getattr(diffusers, class_name).from_pretrained(args.model, subfolder=args.subfolder,
+
+        from deltaconv_kernels.integrations.diffusers_models import find_denoiser
+        if args.model_class != "auto":
+            sub, class_name = args.subfolder, MODEL_CLASSES[args.model_class]
+            if not (Path(args.model) / (sub or "") / "config.json").is_file():
+                raise FileNotFoundError(f"--model/--subfolder: no config.json in {Path(args.model) / (sub or '')}")
+        else:
+            sub, class_name = find_denoiser(args.model, args.subfolder)  # a pipeline folder: its unet/transformer
+        model = getattr(diffusers, class_name).from_pretrained(args.model, subfolder=sub,
                                                                torch_dtype=DTYPES[args.dtype])
     if args.tiny and DTYPES[args.dtype] != torch.float32:
         model = model.to(DTYPES[args.dtype])  # from_pretrained already loaded the others in torch_dtype
     return model.to(args.device).eval()
+
+
+def vae_scale_factor(args: argparse.Namespace) -> int:
+    """--vae-scale-factor, else the VAE's of a --model pipeline folder, else 8 (SD, SDXL, PixArt)."""
+    if args.vae_scale_factor is not None:
+        return args.vae_scale_factor
+    from deltaconv_kernels.integrations.diffusers_models import pipeline_vae_scale_factor
+    found = pipeline_vae_scale_factor(args.model) if args.model else None
+    return found if found is not None else 8
 
 
 def build_settings(args: argparse.Namespace):
@@ -154,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     if args.inputs:
         inputs = _read_inputs(args.inputs)
     elif args.resolution:
-        latent_hw = pipeline.latent_size_from_resolution(args.resolution, args.vae_scale_factor)
+        latent_hw = pipeline.latent_size_from_resolution(args.resolution, vae_scale_factor(args))
     model = load_model(args)
     report = pipeline.analyze(model, settings, latent_hw, args.batch_size, inputs, progress=not args.no_progress)
     out = Path(args.out)

@@ -3,7 +3,6 @@ folders, and the ΔConvBlock state dict that training checkpoints hold."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -55,18 +54,9 @@ def load_denoiser(path: str | Path, subfolder: str | None = None) -> nn.Module:
     its `config.json` `_class_name`. Tries `unet/` and `transformer/` when `path` is a pipeline folder."""
     import diffusers
 
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"model path {root} does not exist")
-    candidates = [subfolder] if subfolder else [None, "unet", "transformer"]
-    for sub in candidates:
-        cfg_path = (root / sub if sub else root) / "config.json"
-        if cfg_path.is_file():
-            class_name = json.loads(cfg_path.read_text()).get("_class_name")
-            if class_name not in SUPPORTED:
-                raise ValueError(f"{cfg_path}: _class_name {class_name!r} is not a supported denoiser {SUPPORTED}")
-            return getattr(diffusers, class_name).from_pretrained(str(root), subfolder=sub)
-    raise FileNotFoundError(f"no denoiser config.json in {root} (looked in {[c or '.' for c in candidates]})")
+    from deltaconv_kernels.integrations.diffusers_models import find_denoiser
+    sub, class_name = find_denoiser(path, subfolder)
+    return getattr(diffusers, class_name).from_pretrained(str(path), subfolder=sub)
 
 
 def load_noise_scheduler(path: str | Path | None):

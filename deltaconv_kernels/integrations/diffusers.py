@@ -3,8 +3,10 @@
     report = convert(pipe)                  # every self-attention attn1 -> DeltaConvAttention (released K, gate)
     print(report)                           # table: layer, level, H/W, C, K, gate
     save(pipe, "out/"); load(fresh_pipe, "out/")
+    save_pretrained(pipe, "shipped/"); pipe = from_pretrained("shipped/")   # or a Hub repo id
     import_released(pipe, "released_ckpt.safetensors")   # ΔConvFusion's released weights
     convert(unet, keep_attention=True); set_mode(unet, "distill")   # distillation hooks
+    revert(unet)                            # back to the original attention (kept ones only)
     replace_attention(unet, "linfusion")    # an attention baseline in every attn1 slot instead (benchmarks)
     load_linfusion(unet, "LinFusion-1-5/")   # the trained LinFusion modules (keys to_q_/to_k_ -> phi_q/phi_k)
 
@@ -21,6 +23,8 @@ from deltaconv_kernels.integrations.diffusers_convert import (
     convert,
     deltaconv_parameters,
     iter_deltaconv_modules,
+    revert,
+    set_attn_processor,
     set_mode,
 )
 from deltaconv_kernels.integrations.diffusers_linfusion import load_linfusion
@@ -31,11 +35,12 @@ from deltaconv_kernels.integrations.diffusers_models import (
     fingerprint,
     resolve_denoiser,
 )
+from deltaconv_kernels.integrations.diffusers_pretrained import from_pretrained, save_pretrained
 from deltaconv_kernels.integrations.diffusers_released import import_released
 
 __all__ = [
     "METHODS", "MODES", "RELEASED_TRANSFORMER", "RELEASED_UNET", "SUPPORTED", "BaselineAttention", "CheckpointError",
     "ConversionReport", "DeltaConvAttention", "LayerReport", "SpatialSize", "convert", "deltaconv_parameters",
-    "fingerprint", "import_released", "iter_deltaconv_modules", "load", "load_linfusion", "replace_attention",
-    "resolve_denoiser", "save", "set_mode",
+    "fingerprint", "from_pretrained", "import_released", "iter_deltaconv_modules", "load", "load_linfusion",
+    "replace_attention", "resolve_denoiser", "revert", "save", "save_pretrained", "set_attn_processor", "set_mode",
 ]

@@ -48,14 +48,24 @@ class RecordSize:
         return None
 
 
+def detach_size_hooks(model) -> None:
+    """Remove every hook `attach_size_hook` registered on `model`'s modules."""
+    for module in model.modules():
+        handle = module.__dict__.pop("_deltaconv_size_hook", None)
+        if handle is not None:
+            handle.remove()
+            module.__dict__.pop("_deltaconv_size", None)
+
+
 def attach_size_hook(site) -> SpatialSize:
     """The SpatialSize of a `diffusers_models.Site`'s owner, registering its hook once (layers share owners)."""
     owner = site.owner
     size = owner.__dict__.get("_deltaconv_size")
     if size is None:
         size = SpatialSize(site.owner_name)
-        owner.register_forward_pre_hook(RecordSize(size, site.patch), with_kwargs=True)
+        handle = owner.register_forward_pre_hook(RecordSize(size, site.patch), with_kwargs=True)
         owner.__dict__["_deltaconv_size"] = size
+        owner.__dict__["_deltaconv_size_hook"] = handle
     return size
 
 

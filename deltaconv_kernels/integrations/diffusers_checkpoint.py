@@ -186,17 +186,33 @@ def check_tensors(shapes: dict, tensors: dict[str, torch.Tensor], what: str) -> 
 
 
 def copy_block_weights(layers: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy `<layer>.<param>` tensors into the blocks; blocks on the meta device are first materialised (on
+    `materialize_device`), since copying into a meta tensor does nothing."""
     with torch.no_grad():
         for name, module in layers.items():
+            if any(t.is_meta for t in module.block.state_dict().values()):
+                module.block.to_empty(device=materialize_device(module))
             for key, target in module.block.state_dict(keep_vars=True).items():
                 target.copy_(tensors[f"{name}.{key}"])
+
+
+def materialize_device(module) -> torch.device:
+    """Where a meta-device ΔConvBlock of a `DeltaConvAttention` gets storage: the device of the layer's kept
+    attention when that has real weights, else the CPU (move the model afterwards)."""
+    for t in module.state_dict().values():
+        if not t.is_meta:
+            return t.device
+    return torch.device("cpu")
 
 
 def load(model_or_pipeline, path, keep_attention: bool = False, backend: str | None = None) -> ConversionReport | None:
     """Restore a `save`d checkpoint: converts `model_or_pipeline` as recorded (or checks that an already converted
     model matches), then loads the weights. Every check runs before the model is touched. Returns the
-    ConversionReport when it converted, else None."""
+    ConversionReport when it converted, else None. `path`: a `save` folder, or a `save_pretrained` model or
+    pipeline folder, local or a Hub repo id."""
+    from deltaconv_kernels.integrations.diffusers_pretrained import checkpoint_folder  # (imports this module)
     model = dm.resolve_denoiser(model_or_pipeline)
+    path = checkpoint_folder(path)
     config = read_config(path)
     _check_architecture(model, config)
     weights = Path(path) / WEIGHTS_NAME

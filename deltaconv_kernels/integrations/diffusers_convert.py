@@ -3,13 +3,20 @@ report and the helpers that walk converted models."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
 from deltaconv_kernels import validation
 from deltaconv_kernels.integrations import diffusers_models as dm
-from deltaconv_kernels.integrations.diffusers_attention import MODES, DeltaConvAttention, attach_size_hook
+from deltaconv_kernels.integrations.diffusers_attention import (
+    MODES,
+    DeltaConvAttention,
+    attach_size_hook,
+    detach_size_hooks,
+)
 from deltaconv_kernels.modules import DeltaConvBlock
 
 
@@ -66,8 +73,21 @@ def _sample_hw(model: nn.Module, factor: int) -> tuple[int, int] | None:
     return h // factor, w // factor
 
 
+def _from_analysis(kernel_sizes):
+    """The {layer: K} of an analysis.json that `deltaconv analyze` wrote (its path, or the loaded dict)."""
+    if isinstance(kernel_sizes, (str, Path)) and str(kernel_sizes).endswith(".json"):
+        path = Path(kernel_sizes)
+        if not path.is_file():
+            raise ValueError(f"kernel_sizes: no file {path}")
+        kernel_sizes = json.loads(path.read_text())
+    if isinstance(kernel_sizes, dict) and isinstance(kernel_sizes.get("kernel_sizes"), dict):
+        return kernel_sizes["kernel_sizes"]
+    return kernel_sizes
+
+
 def _kernel_sizes(model, sites, kernel_sizes) -> tuple[dict[str, int], str | None]:
     names = [s.name for s in sites]
+    kernel_sizes = _from_analysis(kernel_sizes)
     if isinstance(kernel_sizes, str):
         if kernel_sizes != "released":
             raise ValueError(f"kernel_sizes must be 'released', an int or a {{layer_name: K}} dict, "
@@ -99,8 +119,9 @@ def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None,
         model_or_pipeline: `UNet2DConditionModel`, `PixArtTransformer2DModel`, `DiTTransformer2DModel`, or a
             pipeline holding one as `unet` / `transformer`. Converted in place; new blocks take the dtype and
             device of the attention they replace (meta included).
-        kernel_sizes: "released" (DESIGN §1 per-level sizes), one odd int for all layers, or a dict naming
-            exactly the layers `convert` reports (`report.kernel_sizes()`).
+        kernel_sizes: "released" (DESIGN §1 per-level sizes), one odd int for all layers, a dict naming
+            exactly the layers `convert` reports (`report.kernel_sizes()`), or the analysis.json `deltaconv
+            analyze` writes (its path or its loaded dict: the "kernel_sizes" entry is used).
         gate: "scaled" | "sigmoid"; None takes the released gate (U-Nets scaled, PixArt/DiT sigmoid).
         keep_attention: keep the original attention as `.attention` (needed for modes "teacher"/"distill").
     """
@@ -126,6 +147,8 @@ def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None,
                                               attention=attn if keep_attention else None)
         report.layers.append(LayerReport(site.name, site.level, site.factor, _sample_hw(model, site.factor),
                                          blocks[site.name].dim, sizes[site.name], gate))
+    from deltaconv_kernels.integrations.diffusers_pretrained import install_save  # (imports this module)
+    install_save(model)  # the model's save_pretrained writes a converted folder, never a partial base model
     return report
 
 
@@ -163,3 +186,40 @@ def set_mode(model_or_pipeline, mode: str) -> None:
 def deltaconv_parameters(model_or_pipeline):
     """The parameters of the ΔConvBlocks only (not the kept attention, not the rest of the model)."""
     return [p for _, m in iter_deltaconv_modules(model_or_pipeline) for p in m.block.parameters()]
+
+
+def revert(model_or_pipeline) -> None:
+    """Undo `convert`: put every kept original attention back as `attn1` and remove the size hooks. Raises (and
+    changes nothing) when a layer did not keep it (convert(..., keep_attention=True) keeps it)."""
+    model = dm.resolve_denoiser(model_or_pipeline)
+    layers = converted_layers(model)
+    without = [n for n, m in layers.items() if m.attention is None]
+    if without:
+        raise ValueError(f"cannot revert: {len(without)} of {len(layers)} converted layers did not keep the original "
+                         f"attention (e.g. {without[0]}); only a model converted with keep_attention=True reverts")
+    for name, module in layers.items():
+        parent_name, attr = name.rsplit(".", 1)
+        setattr(model.get_submodule(parent_name), attr, module.attention)
+    detach_size_hooks(model)
+    from deltaconv_kernels.integrations.diffusers_pretrained import uninstall_save
+    uninstall_save(model)
+
+
+def set_attn_processor(model_or_pipeline, processors) -> None:
+    """`model.set_attn_processor` that also takes a processor dict of the *base* model (keys
+    `...attn1.processor`, `...attn2.processor`): on a converted model an attn1 entry goes to the kept original
+    attention (`...attn1.attention.processor`) and is dropped where the ΔConvBlock replaced it (it has no
+    processor). A single processor, or a dict keyed as `model.attn_processors` already is, goes through as is."""
+    model = dm.resolve_denoiser(model_or_pipeline)
+    if isinstance(processors, dict):
+        layers = dict(iter_deltaconv_modules(model))
+        mapped = {}
+        for key, proc in processors.items():
+            layer = key[: -len(".processor")] if key.endswith(".processor") else None
+            if layer in layers:
+                if layers[layer].attention is not None:
+                    mapped[f"{layer}.attention.processor"] = proc
+            else:
+                mapped[key] = proc
+        processors = mapped
+    model.set_attn_processor(processors)

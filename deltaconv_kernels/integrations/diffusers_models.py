@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -174,3 +175,33 @@ def fingerprint(model: nn.Module) -> dict:
     entries = {k: model.config.get(k) for k in ARCHITECTURE_KEYS[kind]}
     text = json.dumps(entries, sort_keys=True, default=list)
     return {"class": kind, "config_sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def find_denoiser(path, subfolder: str | None = None) -> tuple[str | None, str]:
+    """(subfolder, class name) of the supported denoiser saved in `path`: `path/subfolder` when given, else `path`
+    itself or, for a pipeline folder, its `unet/` or `transformer/` (class from `config.json` `_class_name`)."""
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"model path {root} does not exist (expected a diffusers model folder with a "
+                                "config.json, or a pipeline folder)")
+    candidates = [subfolder] if subfolder else [None, "unet", "transformer"]
+    for sub in candidates:
+        cfg_path = (root / sub if sub else root) / "config.json"
+        if cfg_path.is_file():
+            class_name = json.loads(cfg_path.read_text()).get("_class_name")
+            if class_name not in SUPPORTED:
+                raise ValueError(f"{cfg_path}: _class_name {class_name!r} is not a supported denoiser {SUPPORTED}")
+            return sub, class_name
+    raise FileNotFoundError(f"no denoiser config.json in {root} (looked in {[c or '.' for c in candidates]})")
+
+
+def pipeline_vae_scale_factor(path) -> int | None:
+    """Pixels per latent cell of the pipeline folder `path` (2^(levels - 1) of its `vae/`, as diffusers pipelines
+    compute it), None when `path` has no VAE config."""
+    cfg_path = Path(path) / "vae" / "config.json"
+    if not cfg_path.is_file():
+        return None
+    levels = json.loads(cfg_path.read_text()).get("block_out_channels")
+    if not isinstance(levels, list) or not levels:
+        raise ValueError(f"{cfg_path}: block_out_channels must be a non-empty list, got {levels!r}")
+    return 2 ** (len(levels) - 1)

@@ -16,6 +16,7 @@ import torch
 
 from deltaconv_kernels import validation
 from deltaconv_kernels.integrations import diffusers_models as dm
+from deltaconv_kernels.integrations.diffusers_attention import DeltaConvAttention
 from deltaconv_kernels.integrations.diffusers_checkpoint import (
     CheckpointError,
     check_tensor_values,
@@ -25,6 +26,7 @@ from deltaconv_kernels.integrations.diffusers_checkpoint import (
     read_weights,
 )
 from deltaconv_kernels.integrations.diffusers_convert import ConversionReport, convert, converted_layers
+from deltaconv_kernels.integrations.diffusers_hub import local_path
 
 MARKER = ".conv1."
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -146,14 +148,31 @@ def _layer_configs(tensors: dict[str, torch.Tensor], names: list[str], gate: str
     return configs
 
 
+def _check_converted_as(layers: dict, configs: dict, scales, inter_ratio: float, gate: str | None) -> None:
+    """An already converted model must have the checkpoint's structure (its own gate stays unless `gate` given)."""
+    for name, module in layers.items():
+        b, c = module.block, configs[name]
+        have = (b.dim, b.kernel_size, tuple(b.scales), b.inter_ratio)
+        want = (c["dim"], c["kernel_size"], tuple(scales), inter_ratio)
+        if have != want:
+            raise CheckpointError(f"{name}: the converted layer has (dim, K, scales, inter_ratio) {have}, the "
+                                  f"released checkpoint {want}")
+        if gate is not None and b.gate != gate:
+            raise CheckpointError(f"{name}: the converted layer has gate {b.gate!r}, but gate={gate!r} was asked")
+
+
 def import_released(model_or_pipeline, path, gate: str | None = None, scales=(1.0, 0.5),
-                    keep_attention: bool = False, backend: str | None = None) -> ConversionReport:
-    """Convert `model_or_pipeline` with the layout found in a released ΔConvFusion checkpoint (file or directory)
-    and load its weights. `scales` must have one entry per `gates.{i}`; `gate` defaults to the released gate."""
+                    keep_attention: bool = False, backend: str | None = None) -> ConversionReport | None:
+    """Convert `model_or_pipeline` with the layout found in a released ΔConvFusion checkpoint (file, directory or
+    Hub repo id) and load its weights. `scales` must have one entry per `gates.{i}`; `gate` defaults to the
+    released gate. A model already converted with the same structure (dim, K, scales, inter_ratio per layer) is
+    loaded into as it is (returns None; `keep_attention` and `backend` then do not apply)."""
     model = dm.resolve_denoiser(model_or_pipeline)
     scales = validation.check_scales(scales)
+    path = local_path(path, "released checkpoint")
     tensors = released_to_layers(read_state_dict(path), model)
     names = [s.name for s in dm.find_sites(model)]
+    gate_given = gate
     gate = gate if gate is not None else dm.released_gate(model)
     configs = _layer_configs(tensors, names, gate)
     ratios = {c["inner"] / c["dim"] for c in configs.values()}
@@ -165,6 +184,10 @@ def import_released(model_or_pipeline, path, gate: str | None = None, scales=(1.
         raise CheckpointError(f"checkpoint has {len(n_stages)} pyramid stages (gates.*) but scales={tuple(scales)}")
     check_tensors(expected_shapes(configs, scales, inter_ratio), tensors, f"released checkpoint {path}")
     check_tensor_values(tensors, f"released checkpoint {path}")
+    if any(isinstance(m, DeltaConvAttention) for m in model.modules()):
+        _check_converted_as(converted_layers(model), configs, tuple(scales), inter_ratio, gate_given)
+        copy_block_weights(converted_layers(model), tensors)
+        return None
     report = convert(model, {n: c["kernel_size"] for n, c in configs.items()}, gate=gate, scales=scales,
                      inter_ratio=inter_ratio, keep_attention=keep_attention, backend=backend)
     copy_block_weights(converted_layers(model), tensors)

@@ -1,0 +1,42 @@
+"""Local folder or Hugging Face Hub repo id -> local path, through huggingface_hub's own download and cache code
+(so HF_HUB_OFFLINE, HF_HOME / cache_dir, revision and token behave as everywhere else in diffusers)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from deltaconv_kernels.integrations.diffusers_checkpoint import CheckpointError
+
+HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name (a bare name reads as a path)
+
+
+def split_hub_kwargs(kwargs: dict) -> tuple[dict, dict]:
+    """(huggingface_hub download arguments, the rest) of a from_pretrained-style keyword dict."""
+    hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+    return hub, {k: v for k, v in kwargs.items() if k not in hub}
+
+
+def local_path(path_or_repo_id, what: str, **hub_kwargs) -> Path:
+    """`path_or_repo_id` itself when it exists on disk; else, when it looks like a repo id ("owner/name"), the
+    local snapshot folder that `huggingface_hub.snapshot_download` returns (downloaded, or from the cache when
+    offline). Raises CheckpointError naming both readings otherwise."""
+    unknown = sorted(set(hub_kwargs) - set(HUB_KWARGS))
+    if unknown:
+        raise TypeError(f"unexpected Hub arguments {unknown}; accepted: {list(HUB_KWARGS)}")
+    path = Path(path_or_repo_id)
+    if path.exists():
+        return path
+    text = str(path_or_repo_id)
+    if not _REPO_ID.match(text):
+        raise CheckpointError(f"{text!r} does not exist, so it is not a {what} (nor a Hub repo id like "
+                              "'owner/name')")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(text, **hub_kwargs))
+    except (LocalEntryNotFoundError, HFValidationError, HfHubHTTPError, OSError) as e:
+        raise CheckpointError(f"{text!r} is no local {what}, and as a Hub repo id it could not be fetched: "
+                                f"{type(e).__name__}: {e}") from e
