@@ -16,9 +16,6 @@ def _backend_param(name):
     marks = []
     if name not in AVAILABLE:
         marks.append(pytest.mark.skip(reason=f"backend {name} unavailable here"))
-    elif name == "triton":
-        marks.append(pytest.mark.xfail(strict=True, reason="the Triton launchers still compute int(H*s): the lead "
-                                       "switches them to deltaconv_kernels.geometry.pooled_size"))
     return pytest.param(name, marks=marks)
 
 
