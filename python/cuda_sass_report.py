@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--filter", default="", help="only report kernels whose demangled name matches this regex")
     p.add_argument("--min-fma-share", type=float, default=None,
                    help="fail when the hot loop of a kernel matching --fma-kernels has a lower FMA share")
-    p.add_argument("--fma-kernels", default=r"(conv_gate|gate_backward|conv_transpose_add|weight_grad)_kernel<"
+    p.add_argument("--fma-kernels", default=r"(tile_conv|weight_grad)_kernel<"
                    r"(?!double)", help="regex of the kernels --min-fma-share applies to (default: the K x K kernels "
                    "computing in fp32; fp64 is the exactness path, two lanes per 16-byte vector)")
     p.add_argument("sources", nargs="*", help="default: csrc/cuda/*.cu")

@@ -117,11 +117,66 @@ __device__ __forceinline__ ThreadOut thread_out(const TileOrigin& t) {
           t.c0 + static_cast<int>(threadIdx.x % kCThreads) * Vec16<acc_t>::n};
 }
 
-// dst[b, y, x, off + c] = gate(conv(src)) for c < Ch.
-template <typename Tin, typename Tout, typename acc_t, int KT>
-__global__ void __launch_bounds__(kTileThreads) conv_gate_kernel(View4 src, const acc_t* __restrict__ wp, int K,
-                                                                 int Chp, bool vec_ok, View4 dst, int64_t off,
-                                                                 bool sigmoid_gate, acc_t gs) {
+// What a tile conv does with each of its outputs: d_a = conv(src)[b, y, x, c] and d_g = conv(src)[.., Ch + c].
+
+// dst[b, y, x, off + c] = gate(d_a, d_g), dtype Tout.
+template <typename Tout, typename acc_t>
+struct GateStore {
+  View4 dst;
+  int64_t off;
+  bool sigmoid_gate;
+  acc_t gs;
+  __device__ __forceinline__ void operator()(const View4&, int64_t b, int y, int x, int c, acc_t a, acc_t g) const {
+    Tout* p = static_cast<Tout*>(dst.data) + b * dst.sB + y * dst.sH + static_cast<int64_t>(x) * dst.sW + off + c;
+    *p = from_acc<Tout>(sigmoid_gate ? a * sigmoid(g) : a * g * gs);
+  }
+};
+
+// GD [B, h, w, Ci] (contiguous, compute dtype) = dL/d(d_a, d_g), from gz[b, y, x, gz_off + c] = dL/dz (dtype Tg).
+template <typename Tg, typename acc_t>
+struct GateBackward {
+  View4 gz;
+  int64_t gz_off;
+  acc_t* GD;
+  bool sigmoid_gate;
+  acc_t gs;
+  __device__ __forceinline__ void operator()(const View4& src, int64_t b, int y, int x, int c, acc_t a,
+                                             acc_t g) const {
+    const acc_t go = to_acc<acc_t>(
+        static_cast<const Tg*>(gz.data)[b * gz.sB + y * gz.sH + static_cast<int64_t>(x) * gz.sW + gz_off + c]);
+    acc_t ga, gg;
+    if (sigmoid_gate) {
+      const acc_t s = sigmoid(g);
+      ga = go * s;
+      gg = go * a * s * (acc_t(1) - s);
+    } else {
+      ga = go * g * gs;
+      gg = go * a * gs;
+    }
+    acc_t* px = GD + ((b * src.H + y) * src.W + x) * src.C;
+    px[c] = ga;
+    px[src.C / 2 + c] = gg;
+  }
+};
+
+// dst [B, h, w, Ci] (contiguous, compute dtype) += (d_a, d_g): the transposed conv, given GD as src and the
+// flipped kernel.
+template <typename acc_t>
+struct AddInto {
+  acc_t* dst;
+  __device__ __forceinline__ void operator()(const View4& src, int64_t b, int y, int x, int c, acc_t a,
+                                             acc_t g) const {
+    acc_t* px = dst + ((b * src.H + y) * src.W + x) * src.C;
+    px[c] += a;
+    px[src.C / 2 + c] += g;
+  }
+};
+
+// One CTA tile of the depthwise conv of src (dtype Tin) with the packed kernel wp; every output inside the map
+// goes to `epi`.
+template <typename Tin, typename acc_t, int KT, typename Epilogue>
+__global__ void __launch_bounds__(kTileThreads) tile_conv_kernel(View4 src, const acc_t* __restrict__ wp, int K,
+                                                                 int Chp, bool vec_ok, Epilogue epi) {
   acc_t* tile = smem_tile<acc_t>();
   const int Ch = static_cast<int>(src.C / 2);
   const TileOrigin t = tile_origin<acc_t>(Ch);
@@ -131,84 +186,13 @@ __global__ void __launch_bounds__(kTileThreads) conv_gate_kernel(View4 src, cons
   conv_tile<acc_t, KT>(tile, wp, K, Chp, t.c0, acc_a, acc_g);
   const ThreadOut o = thread_out<acc_t>(t);
   if (o.y >= src.H) return;
-  Tout* row = static_cast<Tout*>(dst.data) + t.b * dst.sB + o.y * dst.sH + off;
 #pragma unroll
   for (int j = 0; j < kXW; ++j) {
     if (o.x + j >= src.W) break;
 #pragma unroll
     for (int i = 0; i < Vec16<acc_t>::n; ++i) {
       if (o.c + i >= Ch) break;
-      const acc_t a = acc_a[j].v[i], g = acc_g[j].v[i];
-      row[static_cast<int64_t>(o.x + j) * dst.sW + o.c + i] = from_acc<Tout>(sigmoid_gate ? a * sigmoid(g) : a * g * gs);
-    }
-  }
-}
-
-// GD [B, h, w, Ci] = dL/d(conv output), recomputing the conv of src; gz[b, y, x, gz_off + c] is dL/dz.
-template <typename Tin, typename Tg, typename acc_t, int KT>
-__global__ void __launch_bounds__(kTileThreads) gate_backward_kernel(View4 src, const acc_t* __restrict__ wp, int K,
-                                                                     int Chp, bool vec_ok, View4 gz, int64_t gz_off,
-                                                                     acc_t* __restrict__ GD, bool sigmoid_gate,
-                                                                     acc_t gs) {
-  acc_t* tile = smem_tile<acc_t>();
-  const int Ch = static_cast<int>(src.C / 2);
-  const TileOrigin t = tile_origin<acc_t>(Ch);
-  stage_tile<Tin, acc_t>(src, t, K, vec_ok, tile);
-  __syncthreads();
-  VecN<acc_t> acc_a[kXW], acc_g[kXW];
-  conv_tile<acc_t, KT>(tile, wp, K, Chp, t.c0, acc_a, acc_g);
-  const ThreadOut o = thread_out<acc_t>(t);
-  if (o.y >= src.H) return;
-  const Tg* grow = static_cast<const Tg*>(gz.data) + t.b * gz.sB + o.y * gz.sH + gz_off;
-  acc_t* out = GD + ((t.b * src.H + o.y) * src.W) * src.C;
-#pragma unroll
-  for (int j = 0; j < kXW; ++j) {
-    if (o.x + j >= src.W) break;
-#pragma unroll
-    for (int i = 0; i < Vec16<acc_t>::n; ++i) {
-      if (o.c + i >= Ch) break;
-      const acc_t a = acc_a[j].v[i], g = acc_g[j].v[i];
-      const acc_t go = to_acc<acc_t>(grow[static_cast<int64_t>(o.x + j) * gz.sW + o.c + i]);
-      acc_t ga, gg;
-      if (sigmoid_gate) {
-        const acc_t s = sigmoid(g);
-        ga = go * s;
-        gg = go * a * s * (acc_t(1) - s);
-      } else {
-        ga = go * g * gs;
-        gg = go * a * gs;
-      }
-      acc_t* px = out + static_cast<int64_t>(o.x + j) * src.C;
-      px[o.c + i] = ga;
-      px[Ch + o.c + i] = gg;
-    }
-  }
-}
-
-// dst [B, h, w, Ci] += correlation of GD (given as `src`) with the flipped kernel (packed in wp).
-template <typename acc_t, int KT>
-__global__ void __launch_bounds__(kTileThreads) conv_transpose_add_kernel(View4 src, const acc_t* __restrict__ wp,
-                                                                          int K, int Chp, bool vec_ok,
-                                                                          acc_t* __restrict__ dst) {
-  acc_t* tile = smem_tile<acc_t>();
-  const int Ch = static_cast<int>(src.C / 2);
-  const TileOrigin t = tile_origin<acc_t>(Ch);
-  stage_tile<acc_t, acc_t>(src, t, K, vec_ok, tile);
-  __syncthreads();
-  VecN<acc_t> acc_a[kXW], acc_g[kXW];
-  conv_tile<acc_t, KT>(tile, wp, K, Chp, t.c0, acc_a, acc_g);
-  const ThreadOut o = thread_out<acc_t>(t);
-  if (o.y >= src.H) return;
-  acc_t* out = dst + ((t.b * src.H + o.y) * src.W) * src.C;
-#pragma unroll
-  for (int j = 0; j < kXW; ++j) {
-    if (o.x + j >= src.W) break;
-#pragma unroll
-    for (int i = 0; i < Vec16<acc_t>::n; ++i) {
-      if (o.c + i >= Ch) break;
-      acc_t* px = out + static_cast<int64_t>(o.x + j) * src.C;
-      px[o.c + i] += acc_a[j].v[i];
-      px[Ch + o.c + i] += acc_g[j].v[i];
+      epi(src, t.b, o.y, o.x + j, o.c + i, acc_a[j].v[i], acc_g[j].v[i]);
     }
   }
 }
@@ -359,26 +343,36 @@ cudaError_t launch_tile(Kernel kernel, const View4& map, size_t smem, cudaStream
 
 }  // namespace
 
+namespace {
+
+// The tile conv of src (storage dtype Tin) with epilogue `epi`, K specialised where it can be.
+template <typename Tin, typename acc_t, typename Epilogue>
+cudaError_t launch_tile_conv(const View4& src, const void* wp, int64_t K, int64_t Chp, Epilogue epi,
+                             cudaStream_t stream) {
+  cudaError_t err = cudaSuccess;
+  with_tile_k(K, [&](auto kc) {
+    err = launch_tile<acc_t>(tile_conv_kernel<Tin, acc_t, decltype(kc)::value, Epilogue>, src, tile_bytes<acc_t>(K),
+                             stream, src, static_cast<const acc_t*>(wp), static_cast<int>(K), static_cast<int>(Chp),
+                             vector_loads_ok<Tin, acc_t>(src), epi);
+  });
+  return err;
+}
+
+}  // namespace
+
 cudaError_t conv_gate(DType dt, const View4& src, const void* wp, int64_t K, int64_t Chp, const View4& dst,
                       int64_t dst_off, bool is_acc, bool sigmoid_gate, double gate_scale, cudaStream_t stream) {
   cudaError_t err = cudaSuccess;
   dispatch_dtype(dt, [&](auto t) {
     using T = decltype(t);
     using acc_t = Acc<T>;
-    const auto* w = static_cast<const acc_t*>(wp);
     const auto gs = static_cast<acc_t>(gate_scale);
-    with_tile_k(K, [&](auto kc) {
-      constexpr int KT = decltype(kc)::value;
-      if (is_acc) {
-        err = launch_tile<acc_t>(conv_gate_kernel<acc_t, acc_t, acc_t, KT>, src, tile_bytes<acc_t>(K), stream, src, w,
-                                 static_cast<int>(K), static_cast<int>(Chp), vector_loads_ok<acc_t, acc_t>(src), dst,
-                                 dst_off, sigmoid_gate, gs);
-      } else {
-        err = launch_tile<acc_t>(conv_gate_kernel<T, T, acc_t, KT>, src, tile_bytes<acc_t>(K), stream, src, w,
-                                 static_cast<int>(K), static_cast<int>(Chp), vector_loads_ok<T, acc_t>(src), dst,
-                                 dst_off, sigmoid_gate, gs);
-      }
-    });
+    if (is_acc) {
+      err = launch_tile_conv<acc_t, acc_t>(src, wp, K, Chp, GateStore<acc_t, acc_t>{dst, dst_off, sigmoid_gate, gs},
+                                           stream);
+    } else {
+      err = launch_tile_conv<T, acc_t>(src, wp, K, Chp, GateStore<T, acc_t>{dst, dst_off, sigmoid_gate, gs}, stream);
+    }
   });
   return err;
 }
@@ -412,44 +406,27 @@ cudaError_t gate_backward(DType dt, const View4& src, const void* wp, int64_t K,
   dispatch_dtype(dt, [&](auto t) {
     using T = decltype(t);
     using acc_t = Acc<T>;
-    const auto* w = static_cast<const acc_t*>(wp);
     auto* gd = static_cast<acc_t*>(GD);
     const auto gs = static_cast<acc_t>(gate_scale);
-    with_tile_k(K, [&](auto kc) {
-      constexpr int KT = decltype(kc)::value;
-      if (is_acc) {
-        err = launch_tile<acc_t>(gate_backward_kernel<acc_t, acc_t, acc_t, KT>, src, tile_bytes<acc_t>(K), stream, src,
-                                 w, static_cast<int>(K), static_cast<int>(Chp), vector_loads_ok<acc_t, acc_t>(src), gz,
-                                 gz_off, gd, sigmoid_gate, gs);
-      } else {
-        err = launch_tile<acc_t>(gate_backward_kernel<T, T, acc_t, KT>, src, tile_bytes<acc_t>(K), stream, src, w,
-                                 static_cast<int>(K), static_cast<int>(Chp), vector_loads_ok<T, acc_t>(src), gz,
-                                 gz_off, gd, sigmoid_gate, gs);
-      }
-    });
-  });
-  return err;
-}
-
-template <typename acc_t>
-static cudaError_t conv_transpose_add_typed(const void* GD, int64_t B, int64_t h, int64_t w, int64_t Ci,
-                                            const void* wp_flipped, int64_t K, int64_t Chp, void* dst,
-                                            cudaStream_t stream) {
-  const View4 src = contiguous_view(const_cast<void*>(GD), B, h, w, Ci);
-  cudaError_t err = cudaSuccess;
-  with_tile_k(K, [&](auto kc) {
-    constexpr int KT = decltype(kc)::value;
-    err = launch_tile<acc_t>(conv_transpose_add_kernel<acc_t, KT>, src, tile_bytes<acc_t>(K), stream, src,
-                             static_cast<const acc_t*>(wp_flipped), static_cast<int>(K), static_cast<int>(Chp),
-                             vector_loads_ok<acc_t, acc_t>(src), static_cast<acc_t*>(dst));
+    if (is_acc) {
+      err = launch_tile_conv<acc_t, acc_t>(src, wp, K, Chp,
+                                           GateBackward<acc_t, acc_t>{gz, gz_off, gd, sigmoid_gate, gs}, stream);
+    } else {
+      err = launch_tile_conv<T, acc_t>(src, wp, K, Chp, GateBackward<T, acc_t>{gz, gz_off, gd, sigmoid_gate, gs},
+                                       stream);
+    }
   });
   return err;
 }
 
 cudaError_t conv_transpose_add(DType dt, const void* GD, int64_t B, int64_t h, int64_t w, int64_t Ci,
                                const void* wp_flipped, int64_t K, int64_t Chp, void* dst, cudaStream_t stream) {
-  return dt == DType::f64 ? conv_transpose_add_typed<double>(GD, B, h, w, Ci, wp_flipped, K, Chp, dst, stream)
-                          : conv_transpose_add_typed<float>(GD, B, h, w, Ci, wp_flipped, K, Chp, dst, stream);
+  const View4 src = contiguous_view(const_cast<void*>(GD), B, h, w, Ci);
+  if (dt == DType::f64) {
+    return launch_tile_conv<double, double>(src, wp_flipped, K, Chp, AddInto<double>{static_cast<double*>(dst)},
+                                            stream);
+  }
+  return launch_tile_conv<float, float>(src, wp_flipped, K, Chp, AddInto<float>{static_cast<float*>(dst)}, stream);
 }
 
 cudaError_t pool_backward_add(DType dt, const void* gP, int64_t B, int64_t h, int64_t w, int64_t Ci, int64_t H,
