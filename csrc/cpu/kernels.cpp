@@ -535,12 +535,13 @@ void forward_impl(const PyramidArgs& a) {
     const int64_t h = pooled_size(H, st.scale), w = pooled_size(W, st.scale);
     Plane<acc_t> Pl(B, h, w, bl, P, false);
     pool_plane<acc_t>(X, Pl);
-    std::vector<acc_t> Z(static_cast<size_t>(B * h * w * Ch));
+    // Gated low-res maps [B*h][w][Ch], every element written by conv_gate_row (no zero-fill).
+    const std::unique_ptr<acc_t[]> Z(new acc_t[static_cast<size_t>(std::max<int64_t>(1, B * h * w * Ch))]);
     at::parallel_for(0, B * h, 1, [&](int64_t begin, int64_t end) {
       std::vector<const acc_t*> rows(K);
       std::vector<acc_t> da(static_cast<size_t>(w * V)), dg(static_cast<size_t>(w * V));
       for (int64_t r = begin; r < end; ++r) {
-        const RowRef<acc_t> z{Z.data() + r * w * Ch, Ch};
+        const RowRef<acc_t> z{Z.get() + r * w * Ch, Ch};
         conv_gate_row<acc_t, acc_t>(Pl, r / h, r % h, bl, wb.data(), K, a.sigmoid_gate, gs, rows.data(), da.data(),
                                     dg.data(), z);
       }
@@ -548,14 +549,14 @@ void forward_impl(const PyramidArgs& a) {
     std::vector<BilinearTap> tx(static_cast<size_t>(W));
     for (int64_t x = 0; x < W; ++x) tx[x] = bilinear_tap(x, w, W);
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> blend(static_cast<size_t>(w * Ch)), res(static_cast<size_t>(Ch));
+      std::vector<acc_t> blend(static_cast<size_t>(w * Ch));
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / H, y = r % H;
         const BilinearTap ty = bilinear_tap(y, h, H);
         const acc_t ly = static_cast<acc_t>(ty.lam);
         const Vec vly(ly), vmy(acc_t(1) - ly);
-        const acc_t* z0 = Z.data() + (b * h + ty.i0) * w * Ch;
-        const acc_t* z1 = Z.data() + (b * h + ty.i1) * w * Ch;
+        const acc_t* z0 = Z.get() + (b * h + ty.i0) * w * Ch;
+        const acc_t* z1 = Z.get() + (b * h + ty.i1) * w * Ch;
         for (int64_t c = 0; c < w * Ch; c += V) {  // rows first, like the reference
           const int64_t m = std::min<int64_t>(V, w * Ch - c);
           (Vec::loadu(z0 + c, m) * vmy + Vec::loadu(z1 + c, m) * vly).store(blend.data() + c, m);
@@ -568,9 +569,8 @@ void forward_impl(const PyramidArgs& a) {
           const acc_t* b1 = blend.data() + tx[x].i1 * Ch;
           for (int64_t c = 0; c < Ch; c += V) {
             const int64_t m = std::min<int64_t>(V, Ch - c);
-            (Vec::loadu(b0 + c, m) * vmx + Vec::loadu(b1 + c, m) * vlx).store(res.data() + c, m);
+            store_vec<T, acc_t>(Vec::loadu(b0 + c, m) * vmx + Vec::loadu(b1 + c, m) * vlx, o + x * a.out.sW + c, m);
           }
-          store_row<T, acc_t>(res.data(), o + x * a.out.sW, Ch);
         }
       }
     });
