@@ -7,6 +7,11 @@
 // every partial sum of a weight gradient) is written by exactly one task in a fixed order, so results do
 // not depend on the thread count.
 //
+// The K x K loops are register-blocked (DESIGN §2): XB output pixels along W times one vector of channels per
+// inner block, the K taps of a kernel row held in registers, and each input vector of a row loaded once and used
+// for every tap it meets (XB + K - 1 loads for XB * K FMAs). K is a template parameter for the kernel sizes that
+// fit the register file; other K take a generic loop.
+//
 // This is the one vectorised translation unit. The build picks the instruction set (DELTACONV_CPU_CAPABILITY:
 // 0 portable, 1 AVX2, 2 AVX-512, with the matching -m flags); this file maps it onto at::vec's
 // CPU_CAPABILITY macros, which must be set before the vec headers are included.
@@ -26,6 +31,7 @@
 #endif
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -156,31 +162,32 @@ std::vector<acc_t> block_weight(const acc_t* w, int64_t K, const Blocking& bl, b
 
 // ---- the K x K depthwise correlation of one strip ---------------------------------------------------------------
 
-// out[x] = sum_{ky, kx < K} rows[ky][x + kx] * w[ky * K + kx]   (vectors of V lanes), for x < n.
+// Vector registers of the instruction set the file is compiled for (AVX-512: 32, AVX2 and portable: 16).
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kVecRegs = 32;
+#else
+constexpr int kVecRegs = 16;
+#endif
+constexpr int kXB = kVecRegs >= 32 ? 8 : 4;  // output pixels (or taps) per register block
+constexpr int kMaxFixedK = 15;               // largest K with a register-blocked specialisation
+
+// A fixed K fits when its K weight (or accumulator) vectors, the XB block and one input vector fit in registers.
+template <int K>
+constexpr bool kFits = K + kXB + 2 <= kVecRegs;
+
+template <typename acc_t>
+void store_or_add(const Vectorized<acc_t>& v, acc_t* dst, bool accumulate) {
+  (accumulate ? Vectorized<acc_t>::loadu(dst) + v : v).store(dst);
+}
+
+// out[x] (+)= sum_{ky, kx < K} rows[ky][x + kx] * w[ky * K + kx]   (vectors of V lanes), for x < n.
 // rows[ky] == nullptr is a zero row (vertical padding); horizontal padding is in the strips themselves.
 template <typename acc_t>
-void conv_strip(const acc_t* const* rows, const acc_t* w, int64_t K, int64_t n, acc_t* out) {
+void conv_strip_generic(const acc_t* const* rows, const acc_t* w, int64_t K, int64_t x0, int64_t n, acc_t* out,
+                        bool accumulate) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = kVec<acc_t>;
-  constexpr int64_t XB = V >= 16 ? 8 : 4;  // output pixels per register block (AVX-512 has 32 registers)
-  int64_t x = 0;
-  for (; x + XB <= n; x += XB) {
-    Vec acc[XB];
-    for (int64_t j = 0; j < XB; ++j) acc[j] = Vec(acc_t(0));
-    for (int64_t ky = 0; ky < K; ++ky) {
-      if (rows[ky] == nullptr) continue;
-      const acc_t* r = rows[ky] + x * V;
-      const acc_t* wk = w + ky * K * V;
-      for (int64_t kx = 0; kx < K; ++kx) {
-        const Vec wv = Vec::loadu(wk + kx * V);
-        const acc_t* rk = r + kx * V;
-#pragma GCC unroll 8
-        for (int64_t j = 0; j < XB; ++j) acc[j] = at::vec::fmadd(Vec::loadu(rk + j * V), wv, acc[j]);
-      }
-    }
-    for (int64_t j = 0; j < XB; ++j) acc[j].store(out + (x + j) * V);
-  }
-  for (; x < n; ++x) {
+  for (int64_t x = x0; x < n; ++x) {
     Vec acc(acc_t(0));
     for (int64_t ky = 0; ky < K; ++ky) {
       if (rows[ky] == nullptr) continue;
@@ -188,40 +195,130 @@ void conv_strip(const acc_t* const* rows, const acc_t* w, int64_t K, int64_t n, 
         acc = at::vec::fmadd(Vec::loadu(rows[ky] + (x + kx) * V), Vec::loadu(w + (ky * K + kx) * V), acc);
       }
     }
-    acc.store(out + x * V);
+    store_or_add(acc, out + x * V, accumulate);
   }
+}
+
+// The register-blocked correlation for a compile-time K: per block of XB outputs and kernel row ky, the K
+// weights are loaded once, then every input vector of the row once, each feeding the (up to) XB outputs it
+// touches.
+template <typename acc_t, int K>
+void conv_strip_fixed(const acc_t* const* rows, const acc_t* w, int64_t n, acc_t* out, bool accumulate) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = kVec<acc_t>;
+  constexpr int XB = kXB;
+  int64_t x = 0;
+  for (; x + XB <= n; x += XB) {
+    Vec acc[XB];
+#pragma GCC unroll 16
+    for (int j = 0; j < XB; ++j) acc[j] = Vec(acc_t(0));
+    for (int ky = 0; ky < K; ++ky) {
+      if (rows[ky] == nullptr) continue;
+      Vec wr[K];
+#pragma GCC unroll 16
+      for (int kx = 0; kx < K; ++kx) wr[kx] = Vec::loadu(w + (ky * K + kx) * V);
+      const acc_t* r = rows[ky] + x * V;
+#pragma GCC unroll 32
+      for (int i = 0; i < XB + K - 1; ++i) {
+        const Vec in = Vec::loadu(r + i * V);
+#pragma GCC unroll 16
+        for (int j = 0; j < XB; ++j) {
+          const int kx = i - j;
+          if (kx >= 0 && kx < K) acc[j] = at::vec::fmadd(in, wr[kx], acc[j]);
+        }
+      }
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < XB; ++j) store_or_add(acc[j], out + (x + j) * V, accumulate);
+  }
+  conv_strip_generic<acc_t>(rows, w, K, x, n, out, accumulate);
 }
 
 // gw[ky * K + kx] += sum_{x < n} gd[x] * rows[ky][x + kx]   (vectors of V lanes)
 template <typename acc_t>
-void weight_grad_strip(const acc_t* const* rows, const acc_t* gd, int64_t K, int64_t n, acc_t* gw) {
+void weight_grad_strip_generic(const acc_t* const* rows, const acc_t* gd, int64_t K, int64_t n, acc_t* gw) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = kVec<acc_t>;
-  constexpr int64_t KB = V >= 16 ? 8 : 4;  // taps per register block
   for (int64_t ky = 0; ky < K; ++ky) {
     if (rows[ky] == nullptr) continue;
-    const acc_t* r = rows[ky];
-    int64_t kx = 0;
-    for (; kx + KB <= K; kx += KB) {
-      Vec acc[KB];
-      for (int64_t j = 0; j < KB; ++j) acc[j] = Vec(acc_t(0));
-      for (int64_t x = 0; x < n; ++x) {
-        const Vec g = Vec::loadu(gd + x * V);
-        const acc_t* rk = r + (x + kx) * V;
-#pragma GCC unroll 8
-        for (int64_t j = 0; j < KB; ++j) acc[j] = at::vec::fmadd(g, Vec::loadu(rk + j * V), acc[j]);
-      }
-      for (int64_t j = 0; j < KB; ++j) {
-        acc_t* dst = gw + (ky * K + kx + j) * V;
-        (Vec::loadu(dst) + acc[j]).store(dst);
-      }
-    }
-    for (; kx < K; ++kx) {
+    for (int64_t kx = 0; kx < K; ++kx) {
       Vec acc(acc_t(0));
-      for (int64_t x = 0; x < n; ++x) acc = at::vec::fmadd(Vec::loadu(gd + x * V), Vec::loadu(r + (x + kx) * V), acc);
-      acc_t* dst = gw + (ky * K + kx) * V;
-      (Vec::loadu(dst) + acc).store(dst);
+      for (int64_t x = 0; x < n; ++x) {
+        acc = at::vec::fmadd(Vec::loadu(gd + x * V), Vec::loadu(rows[ky] + (x + kx) * V), acc);
+      }
+      store_or_add(acc, gw + (ky * K + kx) * V, true);
     }
+  }
+}
+
+// The same for a compile-time K: the K tap accumulators of a kernel row stay in registers; per block of XB
+// pixels the XB gradient vectors are loaded once, then every input vector once.
+template <typename acc_t, int K>
+void weight_grad_strip_fixed(const acc_t* const* rows, const acc_t* gd, int64_t n, acc_t* gw) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = kVec<acc_t>;
+  constexpr int XB = kXB;
+  for (int ky = 0; ky < K; ++ky) {
+    if (rows[ky] == nullptr) continue;
+    const acc_t* r = rows[ky];
+    Vec acc[K];
+#pragma GCC unroll 16
+    for (int kx = 0; kx < K; ++kx) acc[kx] = Vec(acc_t(0));
+    int64_t x = 0;
+    for (; x + XB <= n; x += XB) {
+      Vec g[XB];
+#pragma GCC unroll 16
+      for (int j = 0; j < XB; ++j) g[j] = Vec::loadu(gd + (x + j) * V);
+#pragma GCC unroll 32
+      for (int i = 0; i < XB + K - 1; ++i) {
+        const Vec in = Vec::loadu(r + (x + i) * V);
+#pragma GCC unroll 16
+        for (int j = 0; j < XB; ++j) {
+          const int kx = i - j;
+          if (kx >= 0 && kx < K) acc[kx] = at::vec::fmadd(g[j], in, acc[kx]);
+        }
+      }
+    }
+    for (; x < n; ++x) {
+      const Vec g = Vec::loadu(gd + x * V);
+#pragma GCC unroll 16
+      for (int kx = 0; kx < K; ++kx) acc[kx] = at::vec::fmadd(g, Vec::loadu(r + (x + kx) * V), acc[kx]);
+    }
+#pragma GCC unroll 16
+    for (int kx = 0; kx < K; ++kx) store_or_add(acc[kx], gw + (ky * K + kx) * V, true);
+  }
+}
+
+// Calls f(std::integral_constant<int, K>) when K is odd, <= kMaxFixedK and fits the registers; else returns false.
+template <typename F>
+bool with_fixed_k(int64_t K, F&& f) {
+  bool done = false;
+  auto try_k = [&](auto kc) {
+    constexpr int k = decltype(kc)::value;
+    if constexpr (kFits<k>) {
+      if (K == k) {
+        f(kc);
+        done = true;
+      }
+    }
+  };
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    (try_k(std::integral_constant<int, 2 * I + 1>{}), ...);
+  }(std::make_integer_sequence<int, (kMaxFixedK + 1) / 2>{});
+  return done;
+}
+
+template <typename acc_t>
+void conv_strip(const acc_t* const* rows, const acc_t* w, int64_t K, int64_t n, acc_t* out, bool accumulate = false) {
+  if (!with_fixed_k(K, [&](auto kc) { conv_strip_fixed<acc_t, decltype(kc)::value>(rows, w, n, out, accumulate); })) {
+    conv_strip_generic<acc_t>(rows, w, K, 0, n, out, accumulate);
+  }
+}
+
+template <typename acc_t>
+void weight_grad_strip(const acc_t* const* rows, const acc_t* gd, int64_t K, int64_t n, acc_t* gw) {
+  if (!with_fixed_k(K, [&](auto kc) { weight_grad_strip_fixed<acc_t, decltype(kc)::value>(rows, gd, n, gw); })) {
+    weight_grad_strip_generic<acc_t>(rows, gd, K, n, gw);
   }
 }
 
@@ -237,40 +334,94 @@ Vectorized<acc_t> sigmoid(const Vectorized<acc_t>& g) {
   }
 }
 
-// z[x, c] = gate(a, g) from the blocked conv output d [nCB][n][V] into the compact row z [n][Ch].
+// One vector of `m` lanes (the rest zero) from / to storage dtype T.
+template <typename T, typename acc_t>
+Vectorized<acc_t> load_vec(const T* src, int64_t m) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = kVec<acc_t>;
+  if constexpr (std::is_same_v<T, acc_t>) {
+    return m == V ? Vec::loadu(src) : Vec::loadu(src, m);
+  } else {
+    acc_t tmp[V] = {};
+    load_row<T, acc_t>(src, tmp, m);
+    return Vec::loadu(tmp);
+  }
+}
+
+template <typename T, typename acc_t>
+void store_vec(const Vectorized<acc_t>& v, T* dst, int64_t m) {
+  constexpr int64_t V = kVec<acc_t>;
+  if constexpr (std::is_same_v<T, acc_t>) {
+    if (m == V) {
+      v.store(dst);
+    } else {
+      v.store(dst, m);
+    }
+  } else if constexpr (std::is_same_v<acc_t, float> &&
+                       (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>)) {
+    at::vec::convert_from_float<T>(v, v).store(dst, m);  // rounds to nearest even, like store_row
+  } else {
+    acc_t tmp[V];
+    v.store(tmp);
+    store_row<T, acc_t>(tmp, dst, m);
+  }
+}
+
+// A row of n pixels of a [.., C] tensor of dtype T: pixel x, channel c is at base[x * step + c].
+template <typename T>
+struct RowRef {
+  T* base;
+  int64_t step;
+  T* at(int64_t x, int64_t c) const { return base + x * step + c; }
+};
+
+// The conv of channel blocks cb (`a`) and cb + nh (`g`) of row (b, y) of `in`, into da / dg [n][V].
 template <typename acc_t>
-void gate_row(const acc_t* d, int64_t n, const Blocking& bl, bool sigmoid_gate, acc_t gate_scale, acc_t* z) {
+void conv_pair(Plane<acc_t>& in, int64_t b, int64_t y, int64_t cb, const Blocking& bl, const acc_t* wb, int64_t K,
+               const acc_t** rows, acc_t* da, acc_t* dg) {
+  const int64_t taps = K * K * bl.V;
+  in.tap_rows(b, y, cb, K, rows);
+  conv_strip<acc_t>(rows, wb + cb * taps, K, in.w, da);
+  in.tap_rows(b, y, cb + bl.nh, K, rows);
+  conv_strip<acc_t>(rows, wb + (cb + bl.nh) * taps, K, in.w, dg);
+}
+
+// Conv + gate of row (b, y) of `in`, one pair of channel blocks at a time (da, dg: [w][V] scratch), z stored
+// straight into `z` (Ch channels from channel 0 of every pixel).
+template <typename acc_t, typename T>
+void conv_gate_row(Plane<acc_t>& in, int64_t b, int64_t y, const Blocking& bl, const acc_t* wb, int64_t K,
+                   bool sigmoid_gate, acc_t gate_scale, const acc_t** rows, acc_t* da, acc_t* dg, RowRef<T> z) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = kVec<acc_t>;
   const Vec gs(gate_scale);
   for (int64_t cb = 0; cb < bl.nh; ++cb) {
-    const acc_t* da = d + cb * n * V;
-    const acc_t* dg = d + (cb + bl.nh) * n * V;
+    conv_pair<acc_t>(in, b, y, cb, bl, wb, K, rows, da, dg);
     const int64_t m = bl.count(cb);
-    for (int64_t x = 0; x < n; ++x) {
+    for (int64_t x = 0; x < in.w; ++x) {
       const Vec a = Vec::loadu(da + x * V), g = Vec::loadu(dg + x * V);
-      const Vec r = sigmoid_gate ? a * sigmoid<acc_t>(g) : a * g * gs;
-      r.store(z + x * bl.Ch + cb * V, m);
+      store_vec<T, acc_t>(sigmoid_gate ? a * sigmoid<acc_t>(g) : a * g * gs, z.at(x, cb * V), m);
     }
   }
 }
 
-// From d (blocked [nCB][n][V]) and gz = dL/dz (compact [n][Ch]), writes gd = dL/dd into plane row (b, y).
-template <typename acc_t>
-void gate_backward_row(const acc_t* d, const acc_t* gz, int64_t n, const Blocking& bl, bool sigmoid_gate,
-                       acc_t gate_scale, Plane<acc_t>& GD, int64_t b, int64_t y) {
+// Backward of one row (b, y): recomputes the conv pair by pair, writes dL/dd into GD (from gz = dL/dz, dtype Tg)
+// and adds this row's weight-gradient terms into gw [nCB][K * K][V].
+template <typename acc_t, typename Tg>
+void gate_backward_row(Plane<acc_t>& in, int64_t b, int64_t y, const Blocking& bl, const acc_t* wb, int64_t K,
+                       bool sigmoid_gate, acc_t gate_scale, RowRef<const Tg> gz, Plane<acc_t>& GD, acc_t* gw,
+                       const acc_t** rows, acc_t* da, acc_t* dg) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = kVec<acc_t>;
   const Vec gs(gate_scale), one(acc_t(1));
+  const int64_t n = in.w, taps = K * K * V;
   for (int64_t cb = 0; cb < bl.nh; ++cb) {
-    const acc_t* da = d + cb * n * V;
-    const acc_t* dg = d + (cb + bl.nh) * n * V;
+    conv_pair<acc_t>(in, b, y, cb, bl, wb, K, rows, da, dg);
     acc_t* ga_out = GD.pix(b, y, cb, 0);
     acc_t* gg_out = GD.pix(b, y, cb + bl.nh, 0);
     const int64_t m = bl.count(cb);
     for (int64_t x = 0; x < n; ++x) {
       const Vec a = Vec::loadu(da + x * V), g = Vec::loadu(dg + x * V);
-      const Vec go = Vec::loadu(gz + x * bl.Ch + cb * V, m);  // lanes >= m read as 0
+      const Vec go = load_vec<Tg, acc_t>(gz.at(x, cb * V), m);  // lanes >= m read as 0
       Vec ga, gg;
       if (sigmoid_gate) {
         const Vec s = sigmoid<acc_t>(g);
@@ -283,6 +434,10 @@ void gate_backward_row(const acc_t* d, const acc_t* gz, int64_t n, const Blockin
       ga.store(ga_out + x * V);
       gg.store(gg_out + x * V);
     }
+    in.tap_rows(b, y, cb, K, rows);
+    weight_grad_strip<acc_t>(rows, ga_out, K, n, gw + cb * taps);
+    in.tap_rows(b, y, cb + bl.nh, K, rows);
+    weight_grad_strip<acc_t>(rows, gg_out, K, n, gw + (cb + bl.nh) * taps);
   }
 }
 
@@ -342,17 +497,6 @@ int64_t max_half_kernel(const PyramidArgs& a) {
   return p;
 }
 
-// Conv of all blocks of row (b, y) of `in` into d [nCB][n][V].
-template <typename acc_t>
-void conv_all_blocks(Plane<acc_t>& in, int64_t b, int64_t y, const std::vector<acc_t>& wb, int64_t K,
-                     std::vector<const acc_t*>& rows, acc_t* d) {
-  const int64_t V = in.V, n = in.w;
-  for (int64_t cb = 0; cb < in.nCB; ++cb) {
-    in.tap_rows(b, y, cb, K, rows.data());
-    conv_strip<acc_t>(rows.data(), wb.data() + cb * K * K * V, K, n, d + cb * n * V);
-  }
-}
-
 // ---- forward -----------------------------------------------------------------------------------------------------
 
 template <typename T, typename acc_t>
@@ -378,13 +522,11 @@ void forward_impl(const PyramidArgs& a) {
       // Conv + gate at full resolution, straight into the slice.
       at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
         std::vector<const acc_t*> rows(K);
-        std::vector<acc_t> d(static_cast<size_t>(bl.nCB * W * V)), z(static_cast<size_t>(W * Ch));
+        std::vector<acc_t> da(static_cast<size_t>(W * V)), dg(static_cast<size_t>(W * V));
         for (int64_t r = begin; r < end; ++r) {
           const int64_t b = r / H, y = r % H;
-          conv_all_blocks<acc_t>(X, b, y, wb, K, rows, d.data());
-          gate_row<acc_t>(d.data(), W, bl, a.sigmoid_gate, gs, z.data());
-          T* o = out + b * a.out.sB + y * a.out.sH + off;
-          for (int64_t x = 0; x < W; ++x) store_row<T, acc_t>(z.data() + x * Ch, o + x * a.out.sW, Ch);
+          const RowRef<T> o{out + b * a.out.sB + y * a.out.sH + off, a.out.sW};
+          conv_gate_row<acc_t, T>(X, b, y, bl, wb.data(), K, a.sigmoid_gate, gs, rows.data(), da.data(), dg.data(), o);
         }
       });
       continue;
@@ -393,26 +535,28 @@ void forward_impl(const PyramidArgs& a) {
     const int64_t h = pooled_size(H, st.scale), w = pooled_size(W, st.scale);
     Plane<acc_t> Pl(B, h, w, bl, P, false);
     pool_plane<acc_t>(X, Pl);
-    std::vector<acc_t> Z(static_cast<size_t>(B * h * w * Ch));
+    // Gated low-res maps [B*h][w][Ch], every element written by conv_gate_row (no zero-fill).
+    const std::unique_ptr<acc_t[]> Z(new acc_t[static_cast<size_t>(std::max<int64_t>(1, B * h * w * Ch))]);
     at::parallel_for(0, B * h, 1, [&](int64_t begin, int64_t end) {
       std::vector<const acc_t*> rows(K);
-      std::vector<acc_t> d(static_cast<size_t>(bl.nCB * w * V));
+      std::vector<acc_t> da(static_cast<size_t>(w * V)), dg(static_cast<size_t>(w * V));
       for (int64_t r = begin; r < end; ++r) {
-        conv_all_blocks<acc_t>(Pl, r / h, r % h, wb, K, rows, d.data());
-        gate_row<acc_t>(d.data(), w, bl, a.sigmoid_gate, gs, Z.data() + r * w * Ch);
+        const RowRef<acc_t> z{Z.get() + r * w * Ch, Ch};
+        conv_gate_row<acc_t, acc_t>(Pl, r / h, r % h, bl, wb.data(), K, a.sigmoid_gate, gs, rows.data(), da.data(),
+                                    dg.data(), z);
       }
     });
     std::vector<BilinearTap> tx(static_cast<size_t>(W));
     for (int64_t x = 0; x < W; ++x) tx[x] = bilinear_tap(x, w, W);
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> blend(static_cast<size_t>(w * Ch)), res(static_cast<size_t>(Ch));
+      std::vector<acc_t> blend(static_cast<size_t>(w * Ch));
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / H, y = r % H;
         const BilinearTap ty = bilinear_tap(y, h, H);
         const acc_t ly = static_cast<acc_t>(ty.lam);
         const Vec vly(ly), vmy(acc_t(1) - ly);
-        const acc_t* z0 = Z.data() + (b * h + ty.i0) * w * Ch;
-        const acc_t* z1 = Z.data() + (b * h + ty.i1) * w * Ch;
+        const acc_t* z0 = Z.get() + (b * h + ty.i0) * w * Ch;
+        const acc_t* z1 = Z.get() + (b * h + ty.i1) * w * Ch;
         for (int64_t c = 0; c < w * Ch; c += V) {  // rows first, like the reference
           const int64_t m = std::min<int64_t>(V, w * Ch - c);
           (Vec::loadu(z0 + c, m) * vmy + Vec::loadu(z1 + c, m) * vly).store(blend.data() + c, m);
@@ -425,9 +569,8 @@ void forward_impl(const PyramidArgs& a) {
           const acc_t* b1 = blend.data() + tx[x].i1 * Ch;
           for (int64_t c = 0; c < Ch; c += V) {
             const int64_t m = std::min<int64_t>(V, Ch - c);
-            (Vec::loadu(b0 + c, m) * vmx + Vec::loadu(b1 + c, m) * vlx).store(res.data() + c, m);
+            store_vec<T, acc_t>(Vec::loadu(b0 + c, m) * vmx + Vec::loadu(b1 + c, m) * vlx, o + x * a.out.sW + c, m);
           }
-          store_row<T, acc_t>(res.data(), o + x * a.out.sW, Ch);
         }
       }
     });
@@ -537,80 +680,61 @@ void backward_impl(const PyramidArgs& a) {
     if (!full) pool_plane<acc_t>(X, pooled);
     Plane<acc_t>& in = full ? X : pooled;
 
-    // dL/dz at the stage resolution, compact [B*h][w][Ch].
-    std::vector<acc_t> GZ(static_cast<size_t>(B * h * w * Ch));
-    if (full) {
-      at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const T* src = static_cast<const T*>(g.data) + (r / H) * g.sB + (r % H) * g.sH + off;
-          for (int64_t x = 0; x < W; ++x) load_row<T, acc_t>(src + x * g.sW, GZ.data() + (r * W + x) * Ch, Ch);
-        }
-      });
-    } else {
-      upsample_backward<T, acc_t>(g, off, Ch, h, w, GZ);
-    }
+    // dL/dz at the pooled resolution, compact [B*h][w][Ch] (the full-res stage reads grad_out directly).
+    std::vector<acc_t> GZ(static_cast<size_t>(full ? 0 : B * h * w * Ch));
+    if (!full) upsample_backward<T, acc_t>(g, off, Ch, h, w, GZ);
 
-    // dL/dd, recomputing the conv output d row by row; stored padded for the transposed correlation.
+    // dL/dd, recomputing the conv output pair by pair of channel blocks (stored padded for the transposed
+    // correlation), and dL/dw from the same rows while they are in cache. dL/dw goes into one partial sum per
+    // part of a fixed partition of the rows, added in part order below: the same for any thread count.
     Plane<acc_t> GD(B, h, w, bl, P, false);
-    at::parallel_for(0, B * h, 1, [&](int64_t begin, int64_t end) {
+    const int64_t rows_total = B * h, nparts = std::min<int64_t>(rows_total, 16), wsize = nCB * K * K * V;
+    std::vector<acc_t> partial(static_cast<size_t>(nparts * wsize), acc_t(0));
+    at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
       std::vector<const acc_t*> rows(K);
-      std::vector<acc_t> d(static_cast<size_t>(nCB * w * V));
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t b = r / h, y = r % h;
-        conv_all_blocks<acc_t>(in, b, y, wb, K, rows, d.data());
-        gate_backward_row<acc_t>(d.data(), GZ.data() + r * w * Ch, w, bl, a.sigmoid_gate, gs, GD, b, y);
+      std::vector<acc_t> da(static_cast<size_t>(w * V)), dg(static_cast<size_t>(w * V));
+      for (int64_t part = begin; part < end; ++part) {
+        acc_t* gw = partial.data() + part * wsize;
+        for (int64_t r = part * rows_total / nparts; r < (part + 1) * rows_total / nparts; ++r) {
+          const int64_t b = r / h, y = r % h;
+          if (full) {
+            const RowRef<const T> gz{static_cast<const T*>(g.data) + b * g.sB + y * g.sH + off, g.sW};
+            gate_backward_row<acc_t, T>(in, b, y, bl, wb.data(), K, a.sigmoid_gate, gs, gz, GD, gw, rows.data(),
+                                        da.data(), dg.data());
+          } else {
+            const RowRef<const acc_t> gz{GZ.data() + r * w * Ch, Ch};
+            gate_backward_row<acc_t, acc_t>(in, b, y, bl, wb.data(), K, a.sigmoid_gate, gs, gz, GD, gw, rows.data(),
+                                            da.data(), dg.data());
+          }
+        }
       }
     });
+    for (int64_t part = 1; part < nparts; ++part) {  // fixed order
+      for (int64_t j = 0; j < wsize; j += V) {
+        (Vec::loadu(partial.data() + j) + Vec::loadu(partial.data() + part * wsize + j)).store(partial.data() + j);
+      }
+    }
+    acc_t* gwt = static_cast<acc_t*>(st.grad_weight);
+    for (int64_t cb = 0; cb < nCB; ++cb) {
+      for (int64_t t = 0; t < K * K; ++t) {
+        std::memcpy(gwt + t * bl.Ci + bl.first(cb), partial.data() + (cb * K * K + t) * V, sizeof(acc_t) * bl.count(cb));
+      }
+    }
 
     // dL/d(stage input) = correlation of dL/dd with the flipped kernel, added into GU (or gP, then pooled back).
     Plane<acc_t> gP(full ? 0 : B, h, w, bl, 0, true);
     Plane<acc_t>& gin = full ? GU : gP;
     at::parallel_for(0, B * h, 1, [&](int64_t begin, int64_t end) {
       std::vector<const acc_t*> rows(K);
-      std::vector<acc_t> d(static_cast<size_t>(nCB * w * V));
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / h, y = r % h;
         for (int64_t cb = 0; cb < nCB; ++cb) {
           GD.tap_rows(b, y, cb, K, rows.data());
-          conv_strip<acc_t>(rows.data(), wf.data() + cb * K * K * V, K, w, d.data());
-          acc_t* dst = gin.pix(b, y, cb, 0);
-          for (int64_t j = 0; j < w * V; j += V) (Vec::loadu(dst + j) + Vec::loadu(d.data() + j)).store(dst + j);
+          conv_strip<acc_t>(rows.data(), wf.data() + cb * K * K * V, K, w, gin.pix(b, y, cb, 0), true);
         }
       }
     });
     if (!full) pool_backward<acc_t>(gP, GU);
-
-    // dL/dw: a fixed number of row blocks, each summed by one task, then added in block order, so the
-    // result is the same for any thread count.
-    const int64_t rows_total = B * h;
-    const int64_t nblocks = std::min<int64_t>(rows_total, 64);
-    const int64_t wsize = nCB * K * K * V;
-    std::vector<acc_t> partial(static_cast<size_t>(nblocks * wsize), acc_t(0));
-    at::parallel_for(0, nblocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<const acc_t*> rows(K);
-      for (int64_t blk = begin; blk < end; ++blk) {
-        const int64_t r0 = blk * rows_total / nblocks, r1 = (blk + 1) * rows_total / nblocks;
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t b = r / h, y = r % h;
-          for (int64_t cb = 0; cb < nCB; ++cb) {
-            in.tap_rows(b, y, cb, K, rows.data());
-            weight_grad_strip<acc_t>(rows.data(), GD.pix(b, y, cb, 0), K, w,
-                                     partial.data() + blk * wsize + cb * K * K * V);
-          }
-        }
-      }
-    });
-    for (int64_t blk = 1; blk < nblocks; ++blk) {  // fixed order
-      for (int64_t j = 0; j < wsize; j += V) {
-        (Vec::loadu(partial.data() + j) + Vec::loadu(partial.data() + blk * wsize + j)).store(partial.data() + j);
-      }
-    }
-    acc_t* gw = static_cast<acc_t*>(st.grad_weight);
-    for (int64_t cb = 0; cb < nCB; ++cb) {
-      for (int64_t t = 0; t < K * K; ++t) {
-        std::memcpy(gw + t * bl.Ci + bl.first(cb), partial.data() + (cb * K * K + t) * V, sizeof(acc_t) * bl.count(cb));
-      }
-    }
   }
 
   // Round grad_u once to the input dtype.

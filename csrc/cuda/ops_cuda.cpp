@@ -42,6 +42,19 @@ void check_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), "deltaconv cuda: ", name, " must be a CUDA tensor, got device ", t.device());
 }
 
+// [K, K, Ci] -> [K * K][2][Chp] in the compute dtype, each channel half zero-padded (cuda_launchers.h);
+// `flip` packs w[K-1-ky, K-1-kx] (the kernel of the transposed correlation).
+at::Tensor pack_weight(const at::Tensor& w, at::ScalarType acc, bool flip) {
+  const int64_t K = w.size(0), Ch = w.size(2) / 2;
+  const int64_t Chp = cuda::packed_channels(kernel_dtype(acc), Ch);
+  at::Tensor src = flip ? w.flip({0, 1}) : w;
+  return at::constant_pad_nd(src.to(acc).reshape({K * K, 2, Ch}), {0, Chp - Ch}).contiguous();
+}
+
+at::Tensor workspace(int64_t bytes, const at::Tensor& like) {
+  return at::empty({bytes > 0 ? bytes : 1}, like.options().dtype(at::kByte));
+}
+
 at::Tensor pyramid_forward_cuda(const at::Tensor& u_in, at::TensorList weights, at::ArrayRef<double> scales,
                                 bool sigmoid_gate, double gate_scale) {
   check_cuda(u_in, "u");
@@ -56,10 +69,10 @@ at::Tensor pyramid_forward_cuda(const at::Tensor& u_in, at::TensorList weights, 
   at::Tensor out = at::empty({B, H, W, Ch * S}, u.options());
   const View4 uv = view4(u), ov = view4(out);
   for (int64_t i = 0; i < S; ++i) {
-    const at::Tensor w = weights[i].to(acc).contiguous();
-    const int64_t K = w.size(0);
+    const at::Tensor wp = pack_weight(weights[i], acc, false);
+    const int64_t K = weights[i].size(0), Chp = wp.size(2);
     if (scales[i] == 1.0) {
-      check(cuda::conv_gate(dt, uv, false, w.data_ptr(), K, ov, false, i * Ch, sigmoid_gate, gate_scale, stream),
+      check(cuda::conv_gate(dt, uv, wp.data_ptr(), K, Chp, ov, i * Ch, false, sigmoid_gate, gate_scale, stream),
             "conv_gate");
       continue;
     }
@@ -67,7 +80,7 @@ at::Tensor pyramid_forward_cuda(const at::Tensor& u_in, at::TensorList weights, 
     at::Tensor P = at::empty({B, h, wd, Ci}, u.options().dtype(acc));
     at::Tensor Z = at::empty({B, h, wd, Ch}, u.options().dtype(acc));
     check(cuda::pool(dt, uv, h, wd, P.data_ptr(), stream), "pool");
-    check(cuda::conv_gate(dt, view4(P), true, w.data_ptr(), K, view4(Z), true, 0, sigmoid_gate, gate_scale, stream),
+    check(cuda::conv_gate(dt, view4(P), wp.data_ptr(), K, Chp, view4(Z), 0, true, sigmoid_gate, gate_scale, stream),
           "conv_gate");
     check(cuda::upsample(dt, Z.data_ptr(), h, wd, Ch, ov, i * Ch, stream), "upsample");
   }
@@ -91,33 +104,30 @@ std::vector<at::Tensor> pyramid_backward_cuda(const at::Tensor& grad_out_in, con
   at::Tensor GU = at::zeros({B, H, W, Ci}, u.options().dtype(acc));
   std::vector<at::Tensor> result{at::Tensor()};
   for (size_t i = 0; i < weights.size(); ++i) {
-    const at::Tensor w = weights[i].to(acc).contiguous();
-    const int64_t K = w.size(0), off = static_cast<int64_t>(i) * Ch;
+    const at::Tensor wp = pack_weight(weights[i], acc, false), wf = pack_weight(weights[i], acc, true);
+    const int64_t K = weights[i].size(0), Chp = wp.size(2), off = static_cast<int64_t>(i) * Ch;
     at::Tensor gw = at::empty({K, K, Ci}, u.options().dtype(acc));
-    if (scales[i] == 1.0) {
-      at::Tensor GD = at::empty({B, H, W, Ci}, u.options().dtype(acc));
-      check(cuda::gate_backward(dt, uv, false, w.data_ptr(), K, gv, false, off, GD.data_ptr(), sigmoid_gate,
-                                gate_scale, stream), "gate_backward");
-      check(cuda::conv_transpose_add(dt, GD.data_ptr(), B, H, W, Ci, w.data_ptr(), K, GU.data_ptr(), stream),
-            "conv_transpose_add");
-      check(cuda::weight_grad(dt, uv, false, GD.data_ptr(), K, gw.data_ptr(), stream), "weight_grad");
-    } else {
-      const int64_t h = pooled_size(H, scales[i]), wd = pooled_size(W, scales[i]);
-      at::Tensor P = at::empty({B, h, wd, Ci}, u.options().dtype(acc));
-      at::Tensor GZ = at::empty({B, h, wd, Ch}, u.options().dtype(acc));
-      at::Tensor GD = at::empty({B, h, wd, Ci}, u.options().dtype(acc));
-      at::Tensor gP = at::zeros({B, h, wd, Ci}, u.options().dtype(acc));
-      const View4 pv = view4(P);
+    const bool full = scales[i] == 1.0;
+    const int64_t h = full ? H : pooled_size(H, scales[i]), wd = full ? W : pooled_size(W, scales[i]);
+    at::Tensor P, GZ;
+    if (!full) {
+      P = at::empty({B, h, wd, Ci}, u.options().dtype(acc));
+      GZ = at::empty({B, h, wd, Ch}, u.options().dtype(acc));
       check(cuda::pool(dt, uv, h, wd, P.data_ptr(), stream), "pool");
       check(cuda::upsample_backward(dt, gv, off, Ch, h, wd, GZ.data_ptr(), stream), "upsample_backward");
-      check(cuda::gate_backward(dt, pv, true, w.data_ptr(), K, view4(GZ), true, 0, GD.data_ptr(), sigmoid_gate,
-                                gate_scale, stream), "gate_backward");
-      check(cuda::conv_transpose_add(dt, GD.data_ptr(), B, h, wd, Ci, w.data_ptr(), K, gP.data_ptr(), stream),
-            "conv_transpose_add");
-      check(cuda::pool_backward_add(dt, gP.data_ptr(), B, h, wd, Ci, H, W, GU.data_ptr(), stream),
-            "pool_backward_add");
-      check(cuda::weight_grad(dt, pv, true, GD.data_ptr(), K, gw.data_ptr(), stream), "weight_grad");
     }
+    const View4 sv = full ? uv : view4(P);  // the stage input
+    at::Tensor GD = at::empty({B, h, wd, Ci}, u.options().dtype(acc));
+    check(cuda::gate_backward(dt, sv, wp.data_ptr(), K, Chp, full ? gv : view4(GZ), full ? off : 0, !full,
+                              GD.data_ptr(), sigmoid_gate, gate_scale, stream), "gate_backward");
+    at::Tensor gP = full ? GU : at::zeros({B, h, wd, Ci}, u.options().dtype(acc));
+    check(cuda::conv_transpose_add(dt, GD.data_ptr(), B, h, wd, Ci, wf.data_ptr(), K, Chp, gP.data_ptr(), stream),
+          "conv_transpose_add");
+    if (!full) {
+      check(cuda::pool_backward_add(dt, gP.data_ptr(), B, h, wd, Ci, H, W, GU.data_ptr(), stream), "pool_backward_add");
+    }
+    at::Tensor ws = workspace(cuda::weight_grad_workspace_bytes(dt, sv, K), u);
+    check(cuda::weight_grad(dt, sv, !full, GD.data_ptr(), K, ws.data_ptr(), gw.data_ptr(), stream), "weight_grad");
     result.push_back(gw.to(weights[i].scalar_type()));
   }
   result[0] = GU.to(u.scalar_type());
@@ -131,8 +141,11 @@ at::Tensor pooled_bias_cuda(const at::Tensor& x_in, const at::Tensor& weight, co
   const at::Tensor x = unit_channel_stride(x_in);
   const auto acc = compute_dtype(x.scalar_type());
   at::Tensor mean = at::empty({x.size(0), x.size(3)}, x.options().dtype(acc));
-  check(cuda::spatial_mean(kernel_dtype(x.scalar_type()), view4(x), mean.data_ptr(),
-                           c10::cuda::getCurrentCUDAStream().stream()), "spatial_mean");
+  const View4 xv = view4(x);
+  const DType dt = kernel_dtype(x.scalar_type());
+  at::Tensor ws = workspace(cuda::spatial_mean_workspace_bytes(dt, xv), x);
+  check(cuda::spatial_mean(dt, xv, ws.data_ptr(), mean.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
+        "spatial_mean");
   return at::addmm(bias.to(acc), mean, weight.to(acc).t()).to(x.scalar_type());
 }
 
