@@ -3,7 +3,9 @@
 #   1. a venv without torch: plain `pip install .` fails in under 60 s and says how to install torch;
 #   2. a venv with only torch==2.13.0: plain `pip install .` builds _C against that torch, pip's output shows no
 #      torch being collected or downloaded, and available_backends() reports `cpu` available;
-#   3. the same venv: `pip install --no-build-isolation .` and `pip wheel .` keep working (the build is reused).
+#   3. the same venv: `pip install --no-build-isolation .` and `pip wheel .` keep working (the build is reused);
+#   4. the same venv: `python -m build`, a front end that builds with an interpreter of its own, fails in under
+#      60 s with the same message and its --no-build-isolation advice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON_BASE:-python3}
@@ -32,7 +34,7 @@ echo "install_check:    failed as it should in ${took} s, with the install advic
 echo "install_check: 2. pip install . in a venv with only torch==2.13.0"
 "$PY" -m venv "$work/venv"
 V="$work/venv/bin/python"
-"$V" -m pip install -q torch==2.13.0
+"$V" -m pip install torch==2.13.0 > "$work/torch.log" 2>&1 || { tail -20 "$work/torch.log"; fail "installing torch failed"; }
 t0=$SECONDS
 MAX_JOBS=${MAX_JOBS:-2} "$V" -m pip install -v "$work/src" > "$work/venv.log" 2>&1 || { tail -40 "$work/venv.log"; fail "pip install . failed"; }
 echo "install_check:    built and installed in $((SECONDS - t0)) s"
@@ -61,4 +63,15 @@ t0=$SECONDS
 (cd "$work" && "$V" -c "import deltaconv_kernels as d; assert d.available_backends()['cpu'].available") || \
   fail "the cpu backend is unavailable after --no-build-isolation"
 echo "install_check:    both worked in $((SECONDS - t0)) s"
+echo "install_check: 4. python -m build (isolated, with an interpreter of its own) in the same venv"
+"$V" -m pip install -q build > "$work/build_pkg.log" 2>&1 || { tail -20 "$work/build_pkg.log"; fail "installing build failed"; }
+t0=$SECONDS
+if "$V" -m build --wheel --outdir "$work/bw" "$work/src" > "$work/pypa.log" 2>&1; then
+  fail "python -m build succeeded in an environment without torch"
+fi
+took=$((SECONDS - t0))
+grep -q "torch is not installed where this build can see it" "$work/pypa.log" || { tail -30 "$work/pypa.log"; fail "no torch message"; }
+grep -q "pip install --no-build-isolation ." "$work/pypa.log" || fail "no --no-build-isolation advice"
+[ "$took" -lt 60 ] || fail "the failure took ${took} s (limit 60 s)"
+echo "install_check:    failed as it should in ${took} s, with the --no-build-isolation advice"
 echo "install_check: OK in $((SECONDS - start)) s"

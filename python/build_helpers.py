@@ -59,7 +59,8 @@ def no_torch_message(looked: str) -> str:
         f"({looked})\n"
         "If torch is installed there, your build front end builds with an interpreter of its own (uv and\n"
         "`python -m build` do): build in the target environment instead with\n"
-        "    pip install --no-build-isolation .        (or: uv pip install --no-build-isolation .)\n"
+        "    pip install --no-build-isolation .\n"
+        "    (uv pip install --no-build-isolation .; python -m build --no-isolation)\n"
         "which needs setuptools>=70.1 there. DELTACONV_SKIP_EXT=1 gives a pure-Python install without the extension.")
 
 
