@@ -198,6 +198,10 @@ def extensions(root: str) -> tuple[list, str]:
     return [ext], "\n".join(lines)
 
 
+def record_next_to(ext_path: str) -> str:
+    return os.path.join(os.path.dirname(ext_path), BUILD_RECORD)
+
+
 def build_ext_class():
     """torch's BuildExtension, plus the per-ISA objects of every extension and its build record."""
     import torch
@@ -223,7 +227,7 @@ def build_ext_class():
             return objects
 
         def record_path(self, ext) -> str:
-            return os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), BUILD_RECORD)
+            return record_next_to(self.get_ext_fullpath(ext.name))
 
         def build_extension(self, ext):
             own = ext.extra_objects
@@ -238,5 +242,22 @@ def build_ext_class():
 
         def get_outputs(self):
             return [*super().get_outputs(), *(self.record_path(ext) for ext in self.extensions)]
+
+        # setuptools builds in build_lib and then copies the extensions (only) into the source tree for
+        # `build_ext --inplace` and editable installs: the record goes along with each.
+        def record_copies(self) -> list[tuple[str, str]]:
+            build_py = self.get_finalized_command("build_py")
+            pairs = (self._get_inplace_equivalent(build_py, ext) for ext in self.extensions)
+            return [(record_next_to(regular), record_next_to(inplace)) for inplace, regular in pairs]
+
+        def copy_extensions_to_source(self):
+            super().copy_extensions_to_source()
+            for regular, inplace in self.record_copies():
+                self.copy_file(regular, inplace, level=self.verbose)
+
+        def _get_output_mapping(self):
+            yield from super()._get_output_mapping()
+            if self.inplace:
+                yield from self.record_copies()
 
     return BuildExt

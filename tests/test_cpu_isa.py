@@ -3,7 +3,6 @@ CPU runs matches the reference when forced with DELTACONV_CPU_CAPABILITY, the au
 CPU has (read independently from /proc/cpuinfo), bad values are errors naming the variable, and no code outside the
 AVX2 / AVX-512 kernels carries AVX instructions, so a `_C` built here loads and runs on a baseline x86-64 CPU."""
 
-import importlib.util
 import platform
 import re
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from source_tree import ROOT, build_helpers
 
 from deltaconv_kernels import ops
 from deltaconv_kernels.ops import extension
@@ -22,10 +22,6 @@ if not INFO.available:
     print(f"test_cpu_isa: skipping, the cpu backend is unavailable: {INFO.reason}")
     pytest.skip(f"cpu backend unavailable: {INFO.reason}", allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("build_helpers", ROOT / "python" / "build_helpers.py")
-build_helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(build_helpers)
 
 BUILD = extension.build_info()
 FEATURES = dict(build_helpers.isa_table(str(ROOT))[1])  # ISA -> CPU features, from isa.def

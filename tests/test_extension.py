@@ -4,24 +4,18 @@ environment's torch outside pip's isolated build environment. The fresh-venv `pi
 step .ci/install_check.sh."""
 
 import importlib.metadata
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from source_tree import ROOT, build_helpers
 
 import deltaconv_kernels
 from deltaconv_kernels import cli, ops
 from deltaconv_kernels.ops import extension
-
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("build_helpers", ROOT / "python" / "build_helpers.py")
-build_helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(build_helpers)
 
 CPU = ops.available_backends()["cpu"]
 needs_build = pytest.mark.skipif(not CPU.available, reason=f"the cpu backend is unavailable: {CPU.reason}")
