@@ -15,7 +15,9 @@ fail() { echo "install_check: FAIL: $*" >&2; exit 1; }
 start=$SECONDS
 
 mkdir "$work/src"
-git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$work/src"
+# The working tree as git sees it (tracked and untracked, not ignored: no build/, no .venv/), minus deleted files.
+git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done | \
+  xargs -0 cp --parents -t "$work/src"
 
 echo "install_check: 1. pip install . in a venv without torch"
 "$PY" -m venv "$work/bare"

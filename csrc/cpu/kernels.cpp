@@ -9,7 +9,7 @@
 //
 // This is the one vectorised translation unit, compiled once per instruction set of csrc/cpu/isa.def (the
 // build passes that ISA's -m flags and at::vec's CPU_CAPABILITY macros); each copy lives in namespace
-// deltaconv::cpu::<ISA> and registers itself at the end, and csrc/cpu/capability.cpp picks one per call.
+// deltaconv::cpu::<ISA> and ends with its table of entry points, and csrc/cpu/capability.cpp picks one per call.
 
 #if !defined(CPU_CAPABILITY)
 #error "compile csrc/cpu/kernels.cpp once per ISA of csrc/cpu/isa.def, with -DCPU_CAPABILITY=<ISA> (setup.py and CMake do)"
