@@ -1,8 +1,13 @@
 """Build of deltaconv_kernels and its C++/CUDA extension `_C` (decisions live in python/build_helpers.py).
 
-    pip install --no-build-isolation .       # against the torch already installed
+    pip install .                            # builds _C against the torch installed where pip installs (see below)
+    pip install --no-build-isolation .       # the same, inside the current environment (needs setuptools>=70.1)
     python setup.py build_ext --inplace      # in-tree development build (deltaconv_kernels/_C*.so)
     DELTACONV_SKIP_EXT=1 pip install .       # pure Python, no extension
+
+Plain `pip install .` builds in an isolated environment without torch; build_helpers.import_torch finds the torch
+of the environment being installed into and builds against it, never installing a second one (its module doc says
+how). The version is the `__version__` of deltaconv_kernels/__init__.py, the one place that holds it.
 """
 
 import os
@@ -20,7 +25,7 @@ cmdclass = {"build_ext": build_helpers.build_ext_class()} if ext_modules else {}
 
 setup(
     name="deltaconv_kernels",
-    version="0.1.0",
+    version=build_helpers.version(ROOT),
     description="ΔConvFusion's Pyramid Convolution Block with fused Triton, CUDA and C++ CPU kernels",
     python_requires=">=3.9",
     packages=find_packages(include=["deltaconv_kernels*"]),

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "deltaconv/build_info.h"
+#include "deltaconv/cpu_kernels.h"
 
 TORCH_LIBRARY(deltaconv_C, m) {
   // All pyramid stages, concatenated: u [B, H, W, Ci] -> [B, H, W, Ci/2 * S] in u's dtype.
@@ -14,8 +15,10 @@ TORCH_LIBRARY(deltaconv_C, m) {
         "float gate_scale) -> Tensor[]");
   // weight @ mean_{H,W}(x) + bias, x [B, H, W, C] -> [B, C] in x's dtype.
   m.def("pooled_bias(Tensor x, Tensor weight, Tensor bias) -> Tensor");
-  // What this build contains, e.g. "cpu=AVX512 cpu_ok=1 cuda=0" (read by ops/cpu_backend.py and cuda_backend.py).
+  // What this build contains (deltaconv/build_info.h), read by deltaconv_kernels/ops/extension.py.
   m.def("build_info() -> str", []() -> std::string { return deltaconv::build_info(); });
+  // The instruction set the next CPU call runs (csrc/cpu/capability.cpp); raises on a bad DELTACONV_CPU_CAPABILITY.
+  m.def("cpu_capability() -> str", []() -> std::string { return deltaconv::cpu::chosen_capability(); });
 }
 
 #if defined(DELTACONV_PYTHON_MODULE)

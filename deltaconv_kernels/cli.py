@@ -9,7 +9,7 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "info": ("deltaconv_kernels.cli", "show the backends available here and why the others are not"),
+    "info": ("deltaconv_kernels.cli", "show the build (torch, CPU instruction sets, CUDA archs) and the backends"),
     "bench": ("deltaconv_kernels.bench", "latency/FLOPs table, JSON and log-log plot of ΔConvBlock vs attention"),
     "distill": ("deltaconv_kernels.distill.cli", "distill a model's self-attention into ΔConvBlocks"),
     "analyze": ("deltaconv_kernels.analysis.cli", "attention-locality analysis and recommended kernel sizes"),
@@ -24,7 +24,9 @@ def run(args: argparse.Namespace) -> int:  # `info`
     import torch
 
     from deltaconv_kernels import __version__, available_backends
+    from deltaconv_kernels.ops import extension
     print(f"deltaconv_kernels {__version__}, torch {torch.__version__}")
+    print(f"  _C: {extension.describe()}")
     for name, info in available_backends().items():
         print(f"  {name:7s} {'yes' if info.available else 'no '}  {info.reason}")
     return 0

@@ -20,8 +20,9 @@ echo "[dev.sh] using $("$PY" -c 'import torch; print("torch", torch.__version__,
 # there because diffusers' pipeline classes import it (the end-to-end pipeline tests need it).
 "$PY" -m pip install -q triton diffusers safetensors accelerate tqdm matplotlib numpy \
   transformers pytest pytest-benchmark hypothesis scikit-learn ruff
-# Build the package and its C++ extension against the torch above (no isolated build env: no second torch).
-"$PY" -m pip install -q --no-build-isolation .
+# Build the package and its C++ extension against the torch above (plain `pip install .` never installs a
+# second torch: setup.py builds against the torch of the environment it installs into).
+"$PY" -m pip install -q .
 
 # `-P` keeps the source tree off sys.path, so the installed package (with its built _C) is what gets tested.
 if [ "$job" = bench ]; then

@@ -12,22 +12,12 @@
 // for every tap it meets (XB + K - 1 loads for XB * K FMAs). K is a template parameter for the kernel sizes that
 // fit the register file; other K take a generic loop.
 //
-// This is the one vectorised translation unit. The build picks the instruction set (DELTACONV_CPU_CAPABILITY:
-// 0 portable, 1 AVX2, 2 AVX-512, with the matching -m flags); this file maps it onto at::vec's
-// CPU_CAPABILITY macros, which must be set before the vec headers are included.
+// This is the one vectorised translation unit, compiled once per instruction set of csrc/cpu/isa.def (the
+// build passes that ISA's -m flags and at::vec's CPU_CAPABILITY macros); each copy lives in namespace
+// deltaconv::cpu::<ISA> and ends with its table of entry points, and csrc/cpu/capability.cpp picks one per call.
 
-#if !defined(DELTACONV_CPU_CAPABILITY)
-#define DELTACONV_CPU_CAPABILITY 0
-#endif
-
-#if DELTACONV_CPU_CAPABILITY == 2
-#define CPU_CAPABILITY AVX512
-#define CPU_CAPABILITY_AVX512
-#elif DELTACONV_CPU_CAPABILITY == 1
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#else
-#define CPU_CAPABILITY DEFAULT
+#if !defined(CPU_CAPABILITY)
+#error "compile csrc/cpu/kernels.cpp once per ISA of csrc/cpu/isa.def, with -DCPU_CAPABILITY=<ISA> (setup.py and CMake do)"
 #endif
 
 #include <ATen/Parallel.h>
@@ -46,7 +36,7 @@
 #include "deltaconv/cpu_kernels.h"
 #include "deltaconv/geometry.h"
 
-namespace deltaconv::cpu {
+namespace deltaconv::cpu::CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
@@ -814,6 +804,6 @@ void spatial_mean(DType dtype, const View4& x, void* mean) {
   });
 }
 
-int compiled_capability() { return DELTACONV_CPU_CAPABILITY; }
+DELTACONV_REGISTER_CPU_KERNELS(&pyramid_forward, &pyramid_backward, &spatial_mean);
 
-}  // namespace deltaconv::cpu
+}  // namespace deltaconv::cpu::CPU_CAPABILITY

@@ -1,12 +1,11 @@
 // CPU implementations of the deltaconv_C ops: argument checks, dtype handling and the calls into the
-// vectorised kernels (csrc/cpu/kernels.cpp). The GEMM of the pooled bias stays in ATen (oneDNN / MKL).
+// vectorised kernels (csrc/cpu/kernels.cpp, in the instruction set csrc/cpu/capability.cpp picks per call).
+// The GEMM of the pooled bias stays in ATen (oneDNN / MKL).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <string>
 #include <vector>
 
-#include "deltaconv/build_info.h"
 #include "deltaconv/checks.h"
 #include "deltaconv/cpu_kernels.h"
 
@@ -32,23 +31,6 @@ cpu::View4 view4(const at::Tensor& t) {
   return v;
 }
 
-bool cpu_supports_build() {
-#if defined(__x86_64__) || defined(__i386__)
-  const int cap = cpu::compiled_capability();
-  if (cap >= 2) {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  }
-  if (cap == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
-  return true;
-}
-
-void check_runnable() {
-  TORCH_CHECK(cpu_supports_build(), "deltaconv cpu: the C++ kernels were compiled for ", build_info(),
-              " but this CPU lacks that instruction set; rebuild on this machine (pip install --no-build-isolation .)");
-}
-
 struct PreparedStages {
   std::vector<at::Tensor> weights;  // compute dtype, contiguous
   std::vector<cpu::Stage> stages;
@@ -70,7 +52,6 @@ PreparedStages prepare_stages(const at::Tensor& u, at::TensorList weights, at::A
 
 at::Tensor pyramid_forward_cpu(const at::Tensor& u_in, at::TensorList weights, at::ArrayRef<double> scales,
                                bool sigmoid_gate, double gate_scale) {
-  check_runnable();
   check_pyramid_args(u_in, weights, scales, "cpu");
   const at::Tensor u = unit_channel_stride(u_in);
   const auto acc = compute_dtype(u.scalar_type());
@@ -92,7 +73,6 @@ at::Tensor pyramid_forward_cpu(const at::Tensor& u_in, at::TensorList weights, a
 std::vector<at::Tensor> pyramid_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& u_in,
                                              at::TensorList weights, at::ArrayRef<double> scales, bool sigmoid_gate,
                                              double gate_scale) {
-  check_runnable();
   check_pyramid_args(u_in, weights, scales, "cpu");
   check_grad_out(grad_out_in, u_in, static_cast<int64_t>(weights.size()));
   const at::Tensor u = unit_channel_stride(u_in);
@@ -121,7 +101,6 @@ std::vector<at::Tensor> pyramid_backward_cpu(const at::Tensor& grad_out_in, cons
 }
 
 at::Tensor pooled_bias_cpu(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias) {
-  check_runnable();
   check_pooled_bias_args(x_in, weight, bias, "cpu");
   const at::Tensor x = unit_channel_stride(x_in);
   const auto acc = compute_dtype(x.scalar_type());
@@ -130,27 +109,7 @@ at::Tensor pooled_bias_cpu(const at::Tensor& x_in, const at::Tensor& weight, con
   return at::addmm(bias.to(acc), mean, weight.to(acc).t()).to(x.scalar_type());
 }
 
-const char* capability_name(int cap) {
-  switch (cap) {
-    case 2: return "AVX512";
-    case 1: return "AVX2";
-    default: return "DEFAULT";
-  }
-}
-
 }  // namespace
-
-std::string build_info() {
-  std::string s = std::string("cpu=") + capability_name(cpu::compiled_capability()) +
-                  " cpu_ok=" + (cpu_supports_build() ? "1" : "0");
-#if defined(DELTACONV_WITH_CUDA)
-  s += " cuda=1";
-#else
-  s += " cuda=0";
-#endif
-  return s;
-}
-
 }  // namespace deltaconv
 
 TORCH_LIBRARY_IMPL(deltaconv_C, CPU, m) {

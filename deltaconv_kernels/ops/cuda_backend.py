@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from deltaconv_kernels.ops import cpu_backend
+from deltaconv_kernels.ops import cpu_backend, extension
 
 DESCRIPTION = "CUDA C++ kernels (deltaconv_kernels._C)"
 
@@ -14,16 +14,12 @@ DESCRIPTION = "CUDA C++ kernels (deltaconv_kernels._C)"
 def probe() -> str | None:
     if not torch.cuda.is_available():
         return f"no CUDA device (torch {torch.__version__}, torch.version.cuda={torch.version.cuda})"
-    try:
-        info = cpu_backend.build_info()
-    except ImportError as e:
-        return (f"the C++ extension deltaconv_kernels._C is not built ({e}); build it with "
-                "`pip install --no-build-isolation .` on a machine with nvcc")
-    except (AttributeError, RuntimeError) as e:
-        return f"deltaconv_kernels._C imports but lacks its ops ({type(e).__name__}: {e}); rebuild it"
-    if info.get("cuda") != "1":
+    reason = extension.problem()
+    if reason:
+        return reason
+    if not extension.build_info()["cuda"]:
         return ("deltaconv_kernels._C was built without CUDA kernels (torch had no CUDA or nvcc was not found at "
-                "build time); rebuild with `DELTACONV_FORCE_CUDA=1 pip install --no-build-isolation .`")
+                "build time); rebuild with `DELTACONV_FORCE_CUDA=1 pip install .`")
     return None
 
 

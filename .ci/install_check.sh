@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Fresh-environment install checks (issue 15), on a copy of the working tree, in venvs without system packages:
+#   1. a venv without torch: plain `pip install .` fails in under 60 s and says how to install torch;
+#   2. a venv with only torch==2.13.0: plain `pip install .` builds _C against that torch, pip's output shows no
+#      torch being collected or downloaded, and available_backends() reports `cpu` available;
+#   3. the same venv: `pip install --no-build-isolation .` and `pip wheel .` keep working (the build is reused);
+#   4. the same venv: `python -m build`, a front end that builds with an interpreter of its own, fails in under
+#      60 s with the same message and its --no-build-isolation advice.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON_BASE:-python3}
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+fail() { echo "install_check: FAIL: $*" >&2; exit 1; }
+start=$SECONDS
+
+mkdir "$work/src"
+# The working tree as git sees it (tracked and untracked, not ignored: no build/, no .venv/), minus deleted files.
+git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done | \
+  xargs -0 cp --parents -t "$work/src"
+
+echo "install_check: 1. pip install . in a venv without torch"
+"$PY" -m venv "$work/bare"
+t0=$SECONDS
+if "$work/bare/bin/python" -m pip install "$work/src" > "$work/bare.log" 2>&1; then
+  fail "pip install . succeeded without torch"
+fi
+took=$((SECONDS - t0))
+grep -q "torch is not installed where this build can see it" "$work/bare.log" || { cat "$work/bare.log"; fail "no torch message"; }
+grep -q "pip install torch --index-url https://download.pytorch.org/whl/cpu" "$work/bare.log" || fail "no CPU wheel advice"
+grep -q "pip install --no-build-isolation ." "$work/bare.log" || fail "no --no-build-isolation advice"
+if grep -Eiq "^(Collecting|Downloading) torch" "$work/bare.log"; then fail "pip collected torch"; fi
+[ "$took" -lt 60 ] || fail "the failure took ${took} s (limit 60 s)"
+echo "install_check:    failed as it should in ${took} s, with the install advice"
+
+echo "install_check: 2. pip install . in a venv with only torch==2.13.0"
+"$PY" -m venv "$work/venv"
+V="$work/venv/bin/python"
+"$V" -m pip install torch==2.13.0 > "$work/torch.log" 2>&1 || { tail -20 "$work/torch.log"; fail "installing torch failed"; }
+t0=$SECONDS
+MAX_JOBS=${MAX_JOBS:-2} "$V" -m pip install -v "$work/src" > "$work/venv.log" 2>&1 || { tail -40 "$work/venv.log"; fail "pip install . failed"; }
+echo "install_check:    built and installed in $((SECONDS - t0)) s"
+if grep -Eiq "(Collecting|Downloading) torch" "$work/venv.log"; then
+  grep -Ei "(Collecting|Downloading) torch" "$work/venv.log"; fail "pip collected or downloaded torch"
+fi
+grep -q "Requirement already satisfied: torch" "$work/venv.log" || fail "pip did not see the installed torch"
+torch_dir="$("$V" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+grep -q "building deltaconv_kernels._C against torch 2.13.0.* ($torch_dir)" "$work/venv.log" || \
+  fail "the build did not use the venv's torch ($torch_dir)"
+[ "$("$V" -m pip list 2>/dev/null | grep -c '^torch ')" = 1 ] || fail "not exactly one torch in the venv"
+(cd "$work" && "$V" -c "
+import deltaconv_kernels as d
+cpu = d.available_backends()['cpu']
+print('install_check:    cpu backend:', cpu)
+assert cpu.available, cpu
+") || fail "the cpu backend is unavailable after pip install ."
+(cd "$work" && "$work/venv/bin/deltaconv" info) || fail "deltaconv info failed"
+
+echo "install_check: 3. pip install --no-build-isolation . and pip wheel . in the same venv"
+t0=$SECONDS
+"$V" -m pip install -q --no-build-isolation "$work/src" > "$work/nbi.log" 2>&1 || { tail -40 "$work/nbi.log"; fail "--no-build-isolation failed"; }
+"$V" -m pip wheel -q --no-deps -w "$work/wheels" "$work/src" > "$work/wheel.log" 2>&1 || { tail -40 "$work/wheel.log"; fail "pip wheel failed"; }
+"$V" -m zipfile -l "$work"/wheels/deltaconv_kernels-*.whl | grep -q "deltaconv_kernels/_C_build.json" || \
+  fail "the wheel lacks the build record"
+(cd "$work" && "$V" -c "import deltaconv_kernels as d; assert d.available_backends()['cpu'].available") || \
+  fail "the cpu backend is unavailable after --no-build-isolation"
+echo "install_check:    both worked in $((SECONDS - t0)) s"
+echo "install_check: 4. python -m build (isolated, with an interpreter of its own) in the same venv"
+"$V" -m pip install -q build > "$work/build_pkg.log" 2>&1 || { tail -20 "$work/build_pkg.log"; fail "installing build failed"; }
+t0=$SECONDS
+if "$V" -m build --wheel --outdir "$work/bw" "$work/src" > "$work/pypa.log" 2>&1; then
+  fail "python -m build succeeded in an environment without torch"
+fi
+took=$((SECONDS - t0))
+grep -q "torch is not installed where this build can see it" "$work/pypa.log" || { tail -30 "$work/pypa.log"; fail "no torch message"; }
+grep -q "pip install --no-build-isolation ." "$work/pypa.log" || fail "no --no-build-isolation advice"
+[ "$took" -lt 60 ] || fail "the failure took ${took} s (limit 60 s)"
+echo "install_check:    failed as it should in ${took} s, with the --no-build-isolation advice"
+echo "install_check: OK in $((SECONDS - start)) s"
