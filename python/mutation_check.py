@@ -292,6 +292,7 @@ def main(argv=None) -> int:
         return 0
     # csrc/ mutants last: every rebuild then happens in one stretch.
     selected.sort(key=_is_csrc)
+    started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="deltaconv_mutants_"))
     print(f"[mutation] scratch copy: {scratch}", flush=True)
     results = []
@@ -338,6 +339,7 @@ def main(argv=None) -> int:
             print(f"[mutation] kept {scratch}")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
+    print(f"[mutation] {len(results)} mutants in {time.monotonic() - started:.0f} s")
     return _report(results)
 
 
