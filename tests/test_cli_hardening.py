@@ -106,7 +106,7 @@ def test_distill_images_without_vae(model_dir, tmp_path, capsys):
 # --- item 5: analyze and bench -------------------------------------------------------------------------------
 
 ANALYZE_CASES = {
-    "missing model": (lambda t: ["--model", str(t / "missing")], "no config.json"),
+    "missing model": (lambda t: ["--model", str(t / "missing")], "does not exist"),
     "batch 0": (lambda t: ["--tiny", "pixart", "--batch-size", "0"], "--batch-size must be >= 1"),
     "k-min 4": (lambda t: ["--tiny", "pixart", "--k-min", "4"], "k_min must be a positive odd int"),
     "threshold 2": (lambda t: ["--tiny", "pixart", "--threshold", "2"], "threshold must lie in (0, 1]"),

@@ -74,9 +74,15 @@ def test_torch_compile_fullgraph_cpu():
     torch._dynamo.reset()
     cm = torch.compile(m, fullgraph=True, dynamic=False)
     y = cm(x)
-    torch.testing.assert_close(y, m(x), rtol=1e-5, atol=1e-5)
-    y.sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+    grad = torch.randn_like(y)
+    compiled_grads = torch.autograd.grad(y, [x, *m.parameters()], grad)
+    x_eager = x.detach().clone().requires_grad_()
+    y_eager = m(x_eager)
+    eager_grads = torch.autograd.grad(y_eager, [x_eager, *m.parameters()], grad)
+    torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-5)
+    names = ["x", *(n for n, _ in m.named_parameters())]
+    for name, gc, ge in zip(names, compiled_grads, eager_grads):
+        torch.testing.assert_close(gc, ge, rtol=1e-5, atol=1e-5, msg=lambda s, n=name: f"compiled grad {n}: {s}")
 
 
 def test_autocast_mixed_precision():

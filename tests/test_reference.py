@@ -28,7 +28,7 @@ def test_stage_matches_independent_formulation(b, h, w, scales, gate, gen):
     u = torch.randn(b, h, w, ci, generator=gen, dtype=torch.float64)
     for s in scales:
         wt = torch.randn(k, k, ci, generator=gen, dtype=torch.float64)
-        gs = reference.default_gate_scale(ci)
+        gs = math.sqrt(3.0)  # the default gate scale sqrt(Ci/2), Ci = 6, pinned as a number
         ours = reference.pyramid_stage(u, wt, s, gate)
         theirs = stage_nchw(u.permute(0, 3, 1, 2), wt, s, gate, gs).permute(0, 2, 3, 1)
         assert_close(ours, theirs, what=f"stage s={s}")
@@ -41,7 +41,7 @@ def test_block_matches_independent_formulation(b, h, w, gate, gen):
     c, ci, k = 10, 8, 5
     p = _params(c, ci, k, len(scales), gen)
     x = torch.randn(b, h, w, c, generator=gen, dtype=torch.float64)
-    gs = reference.default_gate_scale(ci)
+    gs = 2.0  # the default gate scale sqrt(Ci/2), Ci = 8, pinned as a number
     ours = reference.deltaconv_block(x, p["p_in_w"], p["p_in_b"], p["weights"], scales, p["p_out_w"], p["p_out_b"],
                                      p["pool_w"], p["pool_b"], gate)
     theirs = block_nchw(x, p["p_in_w"], p["p_in_b"], p["weights"], scales, p["p_out_w"], p["p_out_b"], p["pool_w"],
@@ -105,3 +105,9 @@ def test_pool_keeps_an_inf_in_its_own_windows():
     assert not pooled.isnan().any()
     assert torch.equal(pooled, expected)
     assert pooled.isinf().sum() == 1
+
+
+@pytest.mark.parametrize("ci,expected", [(2, 1.0), (8, 2.0), (18, 3.0), (1152, 24.0), (640, 17.88854381999832)])
+def test_default_gate_scale_is_pinned(ci, expected):
+    # sqrt(Ci/2) as numbers (the released code divides by (Ci/2)**-0.5), not recomputed from the same formula.
+    assert reference.default_gate_scale(ci) == pytest.approx(expected, rel=1e-15)
