@@ -46,14 +46,15 @@ class Mutant:
 
 
 TRI = "tests/test_triton_backend.py"
-TRI_FP32_SCALED = f"{TRI}::test_pyramid_fp32[b2-7x9-ci6-k3-s2-scaled]"     # 7x9 -> 3x4, B=2, strided grad
-TRI_FP32_SIGMOID = f"{TRI}::test_pyramid_fp32[b1-8x9-ci6-k3-s3-sigmoid]"   # 8x9 -> 4x4 -> 2x2
+CONF = "tests/test_backend_conformance.py"
+TRI_FP32_SCALED = f"{CONF}::test_pyramid_forward_and_grads[triton-0-torch.float32]"   # 7x9 -> 3x4, B=2, strided grad
+TRI_FP32_SIGMOID = f"{CONF}::test_pyramid_forward_and_grads[triton-1-torch.float32]"  # 8x9 -> 4x4 -> 2x2
 TRI_SPLITS = f"{TRI}::test_weight_grad_reduction_over_forced_splits"
 TRI_MEAN_SPLITS = f"{TRI}::test_spatial_mean_over_forced_splits"
 REF = "tests/test_reference.py"
 CPU = "tests/test_cpu_backend.py"
-CPU_SCALED = f"{CPU}::test_pyramid_matches_reference[1x13x9x12x3-2s-scaled-torch.float32]"
-CPU_SIGMOID = f"{CPU}::test_pyramid_matches_reference[2x25x17x20x5-3s-sigmoid-torch.float32]"
+CPU_SCALED = f"{CONF}::test_pyramid_forward_and_grads[cpu-0-torch.float32]"    # 13x9, K=3, scaled
+CPU_SIGMOID = f"{CONF}::test_pyramid_forward_and_grads[cpu-1-torch.float32]"   # 25x17, K=5, 3 stages, sigmoid
 WGRAD = "tests/test_weight_grad_accuracy.py"
 LOSSES = "tests/test_distill_losses.py"
 
@@ -90,11 +91,13 @@ MUTANTS: tuple[Mutant, ...] = (
            "grad_g = gz * a * sig * (1.0 - sig)", "grad_g = gz * a * sig",
            "sigmoid gate backward without the sigmoid derivative", (TRI_FP32_SIGMOID,)),
     Mutant("triton-grad-out-contiguous", "deltaconv_kernels/triton/pyramid_bwd.py",
-           "w32, grad_out, *grad_out.stride(), gd,", "w32, grad_out, *grad_out.contiguous().stride(), gd,",
+           "conv_weight(weight, meta), grad_out, *grad_out.stride(), gd,",
+           "conv_weight(weight, meta), grad_out, *grad_out.contiguous().stride(), gd,",
            "the strided stage slice of the concat gradient read with contiguous strides (the released bug)",
            (TRI_FP32_SCALED,)),
     Mutant("triton-input-bwd-unflipped", "deltaconv_kernels/triton/pyramid_bwd.py",
-           "gd.stride(1), w32.flip(0, 1).contiguous(), grad_src,", "gd.stride(1), w32.contiguous(), grad_src,",
+           "gd.stride(1), conv_weight(weight.flip(0, 1), gd_meta), grad_src,",
+           "gd.stride(1), conv_weight(weight, gd_meta), grad_src,",
            "input gradient correlated with the kernel instead of the flipped kernel", (TRI_FP32_SCALED,)),
     Mutant("triton-pool-bwd-window-area", "deltaconv_kernels/triton/pyramid_bwd.py",
            "inv = 1.0 / ((ye - ys) * (xe - xs)).to(tl.float32)", "inv = 1.0 / ((ye - ys) * (ye - ys)).to(tl.float32)",
@@ -105,7 +108,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "weight gradient taps transposed (row and column of the tap swapped)", (TRI_FP32_SCALED,)),
     Mutant("triton-mean-divisor", "deltaconv_kernels/triton/pooled_bias.py",
            "return part.sum(dim=0) / n_pix", "return part.sum(dim=0) / max(n_pix - 1, 1)",
-           "spatial mean divided by N - 1", (f"{TRI}::test_pooled_bias",)),
+           "spatial mean divided by N - 1", (f"{CONF}::test_pooled_bias_and_grads[triton-torch.float32]",)),
     # new kernels of issue 11: split reductions, exact upsample taps, the zero border
     Mutant("triton-wgrad-drop-last-partial", "deltaconv_kernels/triton/pyramid_bwd.py",
            "return part.sum(dim=0).view(k, k, ci)",
@@ -161,27 +164,21 @@ MUTANTS: tuple[Mutant, ...] = (
            "if (ty[y].i1 == oy) wy += ly;", "",
            "upsample backward drops the second row tap's weight", (CPU_SCALED,)),
     Mutant("cpu-wgrad-drop-last-block", "csrc/cpu/kernels.cpp",
-           "for (int64_t blk = 1; blk < nblocks; ++blk) {  // fixed order",
-           "for (int64_t blk = 1; blk < nblocks - 1; ++blk) {  // fixed order",
+           "for (int64_t part = 1; part < nparts; ++part) {  // fixed order",
+           "for (int64_t part = 1; part < nparts - 1; ++part) {  // fixed order",
            "weight-gradient reduction drops the last row block's partial", (CPU_SCALED,)),
     Mutant("cpu-wgrad-input-dtype", "csrc/cpu/kernels.cpp",
-           "            weight_grad_strip<acc_t>(rows.data(), GD.pix(b, y, cb, 0), K, w,\n"
-           "                                     partial.data() + blk * wsize + cb * K * K * V);\n",
-           "            acc_t* gw_blk = partial.data() + blk * wsize + cb * K * K * V;\n"
-           "            std::vector<const acc_t*> shifted(K);\n"
-           "            for (int64_t x = 0; x < w; ++x) {  // one pixel per call, rounded to T after each term\n"
-           "              for (int64_t ky = 0; ky < K; ++ky) shifted[ky] = rows[ky] ? rows[ky] + x * V : nullptr;\n"
-           "              weight_grad_strip<acc_t>(shifted.data(), GD.pix(b, y, cb, x), K, 1, gw_blk);\n"
-           "              for (int64_t j = 0; j < K * K * V; ++j)\n"
-           "                gw_blk[j] = static_cast<acc_t>(static_cast<T>(gw_blk[j]));\n"
-           "            }\n",
-           "weight gradient accumulated in the input dtype (rounded to bf16/fp16 after every term)",
+           "    weight_grad_strip<acc_t>(rows, ga_out, K, n, gw + cb * taps);\n",
+           "    weight_grad_strip<acc_t>(rows, ga_out, K, n, gw + cb * taps);\n"
+           "    for (int64_t j = 0; j < taps; ++j)\n"
+           "      gw[cb * taps + j] = static_cast<acc_t>(static_cast<Tg>(gw[cb * taps + j]));\n",
+           "weight gradient accumulated in the input dtype (rounded to bf16/fp16 after every row)",
            (f"{WGRAD}::test_weight_grad_is_rounded_once[cpu-torch.bfloat16]",
             f"{WGRAD}::test_weight_grad_is_rounded_once[cpu-torch.float16]")),
     Mutant("cpu-mean-divisor", "csrc/cpu/kernels.cpp",
            "const acc_t inv = acc_t(1) / static_cast<acc_t>(x.H * x.W);",
            "const acc_t inv = acc_t(1) / static_cast<acc_t>(x.H * x.W - 1);",
-           "pooled-bias mean divided by N - 1", (f"{CPU}::test_pooled_bias_matches_reference",)),
+           "pooled-bias mean divided by N - 1", (f"{CONF}::test_pooled_bias_and_grads[cpu-torch.float32]",)),
 )
 
 

@@ -31,7 +31,9 @@ def test_every_mutant_applies_exactly_once_and_names_existing_tests():
         assert text.count(m.old) == 1, f"{m.name}: its text occurs {text.count(m.old)} times in {m.file} (stale)"
         assert m.old != m.new
         for node in m.tests:
-            assert (ROOT / node.split("::")[0]).is_file(), f"{m.name}: no test file for {node}"
+            path, _, test = node.partition("::")
+            assert (ROOT / path).is_file(), f"{m.name}: no test file for {node}"
+            assert f"def {test.split('[')[0]}(" in (ROOT / path).read_text(), f"{m.name}: no test {node}"
 
 
 def test_stale_and_ambiguous_records_are_reported(tmp_path):
