@@ -25,10 +25,16 @@ def test_pyramid_mixed_weight_dtype(gen):
     u, weights = _inputs(1, 9, 7, 8, 3, 2, torch.bfloat16, gen)
     weights = [wt.detach().float().requires_grad_() for wt in weights]
     out = ops.pyramid(u, weights, (1.0, 0.5), "scaled", backend="cpu")
-    gu, *gws = torch.autograd.grad(out, [u, *weights], torch.randn_like(out))
+    grad = torch.randn(out.shape, generator=gen).to(out.dtype)
+    gu, *gws = torch.autograd.grad(out, [u, *weights], grad)
     assert gu.dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in gws)
     ur, *wr = reference_inputs(u, *weights)
-    assert_close(out, reference.pyramid(ur, wr, (1.0, 0.5), "scaled"), torch.bfloat16)
+    ref = reference.pyramid(ur, wr, (1.0, 0.5), "scaled")
+    assert_close(out, ref, torch.bfloat16)
+    # The values too: the inputs are bf16, so every gradient is held to the bf16 tolerance.
+    ref_grads = torch.autograd.grad(ref, [ur, *wr], grad.double())
+    for name, got, want in zip(("grad u", "grad weights[0]", "grad weights[1]"), (gu, *gws), ref_grads):
+        assert_close(got, want, torch.bfloat16, name)
 
 
 def test_bad_input_is_a_clear_error():

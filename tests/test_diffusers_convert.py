@@ -133,7 +133,8 @@ def test_tiny_unet_forward_any_size(layout, hw):
     with torch.no_grad():
         before = model(sample, t, ctx).sample
         dd.convert(model)
-        after = model(sample, t, ctx).sample
+        _randomize(model)
+        after = _check_every_layer(model, lambda: model(sample, t, ctx).sample)
     assert after.shape == before.shape == sample.shape and after.dtype == before.dtype
     assert torch.isfinite(after).all()
 
@@ -177,8 +178,9 @@ def test_tiny_models_half_precision(dtype):
 def test_tiny_pixart_any_size_fuzz(h, w, batch):
     model = tiny_pixart()
     dd.convert(model)
+    _randomize(model)
     with torch.no_grad():
-        out = model(**pixart_inputs(model, batch=batch, height=h, width=w)).sample
+        out = _check_every_layer(model, lambda: model(**pixart_inputs(model, batch=batch, height=h, width=w)).sample)
     # diffusers' unpatchify drops an odd last row/column; the token map is (h // 2) x (w // 2).
     assert out.shape == (batch, 8, h // 2 * 2, w // 2 * 2) and torch.isfinite(out).all()
 
@@ -212,6 +214,21 @@ def _reference_block(block, x_spatial):
     w_out, b_out, w_pool, b_pool = tensors[3 + len(ws):]
     return reference.deltaconv_block(x, w_in, b_in, stage_w, block.scales, w_out, b_out, w_pool, b_pool,
                                      block.gate, block.gate_scale)
+
+
+def _check_every_layer(model, run):
+    """Run the model once and check every converted layer's output against the reference block on the map of the
+    size that layer recorded (a value check of the whole conversion, not only shapes); returns run()'s result."""
+    stores = {name: (layer, _capture(layer)) for name, layer in dd.iter_deltaconv_modules(model)}
+    out = run()
+    for name, (layer, store) in stores.items():
+        x, y = store["x"], store["y"]
+        b, n, c = x.shape
+        hw = layer._size.hw
+        assert n == hw[0] * hw[1], (name, n, hw)
+        expected = _reference_block(layer.block, x.reshape(b, *hw, c))
+        assert_close(y.reshape(b, *hw, c), expected, dtype=torch.float32, what=f"{name} output at {hw}")
+    return out
 
 
 @pytest.mark.parametrize("kind", ["unet", "pixart"])
