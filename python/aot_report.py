@@ -6,9 +6,9 @@ with every autotune config, is compiled with `triton.compile(ASTSource(...), tar
 exactly as the JIT would specialise it (the JIT's own argument specialisation: dtypes, 16-divisibility, ints == 1).
 CUDA: every csrc/cuda/*.cu through `nvcc -Xptxas -v` per arch.
 Per kernel: registers, spill bytes (ptxas -v), shared memory, compile time, and `fma_share`: the FFMA + HFMA2 share
-of the SASS instructions of the kernel's innermost loop (the loop body between a backward branch and its target
-that holds no other loop; the largest such loop; null for a kernel without loops). HFMA2.MMA is not counted: ptxas
-uses it as a register move.
+(DFMA for fp64) of the SASS instructions of the kernel's hot loop: the innermost loop (a backward branch and its
+target, holding no other loop) with the most FMAs, or the whole kernel when its FMAs are unrolled straight-line code;
+null for a kernel without FMAs. HFMA2.MMA is not counted: ptxas uses it as a register move.
 
     python python/aot_report.py                         # table, sm_80 + sm_90, fp16/bf16/fp32, both shapes
     python python/aot_report.py --dtypes fp16 --json report.json
@@ -169,31 +169,32 @@ def parse_ptxas(text: str) -> dict:
 
 
 SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
-BRANCH_TARGET = re.compile(r"(?:0x)?([0-9a-f]+)\s*\)?\s*$")
+
+
+def _is_fma(op: str) -> bool:
+    return op.startswith(("FFMA", "DFMA")) or (op.startswith("HFMA2") and not op.startswith("HFMA2.MMA"))
 
 
 def innermost_loop_fma_share(sass: str) -> float | None:
-    """FFMA + HFMA2 share of the instructions of the innermost loop (largest loop containing no other loop)."""
-    instrs = []  # (address, opcode, operands)
-    for m in SASS_LINE.finditer(sass):
-        instrs.append((int(m.group(1), 16), m.group(2), m.group(3)))
+    """FMA share of the hot loop: among the innermost loops (a backward branch and its target, holding no other loop)
+    that contain FMAs, the one with the most; a kernel whose FMAs are all unrolled straight-line code is its own hot
+    loop; None for a kernel without FMAs."""
+    instrs = [(int(m.group(1), 16), m.group(2)) for m in SASS_LINE.finditer(sass)]
     loops = []
-    for addr, op, rest in instrs:
-        if op.split(".")[0] not in ("BRA", "JMP"):
+    for m in SASS_LINE.finditer(sass):
+        if m.group(2).split(".")[0] not in ("BRA", "JMP"):
             continue
-        tm = re.search(r"(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", rest)
-        if tm is None or tm.group(1) is None:
-            continue
-        target = int(tm.group(1), 16)
-        if target < addr:
-            loops.append((target, addr))
-    if not loops:
-        return None
+        target = re.search(r"0x([0-9a-f]+)", m.group(3))
+        if target and int(target.group(1), 16) < int(m.group(1), 16):
+            loops.append((int(target.group(1), 16), int(m.group(1), 16)))
     innermost = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
-    start, end = max(innermost, key=lambda lp: lp[1] - lp[0])
-    body = [op for addr, op, _ in instrs if start <= addr <= end]
-    fma = sum(1 for op in body if op.startswith("FFMA") or (op.startswith("HFMA2") and not op.startswith("HFMA2.MMA")))
-    return round(fma / max(len(body), 1), 3)
+    bodies = [[op for addr, op in instrs if start <= addr <= end] for start, end in innermost]
+    bodies = [b for b in bodies if any(_is_fma(op) for op in b)]
+    if not bodies:
+        bodies = [[op for _, op in instrs]]
+    body = max(bodies, key=lambda b: sum(map(_is_fma, b)))
+    fma = sum(map(_is_fma, body))
+    return round(fma / len(body), 3) if fma else None
 
 
 def sass_of(cubin_path: str) -> str:
