@@ -133,3 +133,23 @@ def check_block_backend(backend: str, dtype: torch.dtype, gate: str, device="cpu
     assert_close(grads[0], ref_grads[0], dtype, "grad x")
     for name, g, rg in zip(params, grads[1:], ref_grads[1:]):
         assert_close(g, rg, dtype, f"grad {name}")
+
+
+def check_map_16k(backend: str) -> None:
+    """A 1 x 2048 x 2048 x 576 fp16 map (2.4e9 elements > 2^31) on a GPU backend: the last rows of the s=1 stage and
+    the spatial mean are right only with 64-bit addressing. Needs ~24 GB free on the GPU."""
+    from deltaconv_kernels import ops, reference
+
+    h = w = 2048
+    ci = 576
+    g = torch.Generator(device="cuda").manual_seed(0)
+    u = torch.randn(1, h, w, ci, device="cuda", dtype=torch.float16, generator=g)
+    weights = [torch.randn(5, 5, ci, device="cuda", dtype=torch.float16, generator=g) * 0.3 for _ in range(2)]
+    out = ops.pyramid(u, weights, (1.0, 0.5), "sigmoid", backend=backend)
+    # Stage 0 (s=1) on the last 14 rows only needs the last 18 rows of u.
+    crop = u[:, -18:].double()
+    ref = reference.pyramid_stage(crop, weights[0].double(), 1.0, "sigmoid", reference.default_gate_scale(ci))
+    assert_close(out[:, -14:, :, :ci // 2], ref[:, -14:], torch.float16, "last rows of a 16K map")
+    mean = ops.pooled_bias(u, torch.eye(ci, device="cuda", dtype=torch.float16),
+                           torch.zeros(ci, device="cuda", dtype=torch.float16), backend=backend)
+    assert_close(mean, u.float().mean(dim=(1, 2)).half(), torch.float16, "16K mean")

@@ -141,28 +141,9 @@ def _repeatable_backward(backend: str, device) -> None:
             raise AssertionError("two backward passes differ bitwise")
 
 
-def _map_16k(backend: str) -> None:
-    """1 x 2048 x 2048 x 576 fp16 (> 2^31 elements): the last rows are right only with 64-bit addressing."""
-    from deltaconv_kernels import ops, reference
-    from deltaconv_kernels.testing import assert_close
-
-    h = w = 2048
-    ci = 576
-    g = torch.Generator(device="cuda").manual_seed(0)
-    u = torch.randn(1, h, w, ci, device="cuda", dtype=torch.float16, generator=g)
-    weights = [torch.randn(5, 5, ci, device="cuda", dtype=torch.float16, generator=g) * 0.3 for _ in range(2)]
-    out = ops.pyramid(u, weights, (1.0, 0.5), "sigmoid", backend=backend)
-    crop = u[:, -18:].double()
-    ref = reference.pyramid_stage(crop, weights[0].double(), 1.0, "sigmoid", reference.default_gate_scale(ci))
-    assert_close(out[:, -14:, :, :ci // 2], ref[:, -14:], torch.float16, "last rows of a 16K map")
-    mean = ops.pooled_bias(u, torch.eye(ci, device="cuda", dtype=torch.float16),
-                           torch.zeros(ci, device="cuda", dtype=torch.float16), backend=backend)
-    assert_close(mean, u.float().mean(dim=(1, 2)).half(), torch.float16, "16K mean")
-
-
 def conformance(device, smoke: bool, log: list) -> list:
     from deltaconv_kernels import ops
-    from deltaconv_kernels.testing import check_block_backend, check_pyramid_backend
+    from deltaconv_kernels.testing import check_block_backend, check_map_16k, check_pyramid_backend
 
     info = ops.available_backends()
     backends = ["triton", "cuda"] if not smoke else ["triton"]
@@ -184,7 +165,7 @@ def conformance(device, smoke: bool, log: list) -> list:
                         device, torch.Generator().manual_seed(1))
         if not smoke:
             _record(results, f"{backend} backward bitwise repeatable", _repeatable_backward, backend, device)
-            _record(results, f"{backend} 16K map", _map_16k, backend)
+            _record(results, f"{backend} 16K map", check_map_16k, backend)
             torch.cuda.empty_cache()
     failed = [r for r in results if not r["ok"]]
     log.append(f"conformance: {len(results) - len(failed)}/{len(results)} passed")

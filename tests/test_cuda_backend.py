@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deltaconv_kernels import ops, reference
-from deltaconv_kernels.testing import assert_close, reference_inputs
+from deltaconv_kernels.testing import assert_close, check_map_16k, reference_inputs
 
 INFO = ops.available_backends()["cuda"]
 if not INFO.available:
@@ -32,13 +32,4 @@ def test_int64_offsets_16k_map():
     free, _ = torch.cuda.mem_get_info()
     if free < 24 * 2**30:
         pytest.skip(f"a map with B*H*W*C > 2^31 elements needs ~24 GB free on the GPU, {free / 2**30:.1f} GB free")
-    h = w = 2048
-    ci = 576
-    g = torch.Generator(device="cuda").manual_seed(0)
-    u = torch.randn(1, h, w, ci, device="cuda", dtype=torch.float16, generator=g)
-    weights = [torch.randn(5, 5, ci, device="cuda", dtype=torch.float16, generator=g) * 0.3 for _ in range(2)]
-    out = ops.pyramid(u, weights, (1.0, 0.5), "sigmoid", backend="cuda")
-    # Stage 0 (s=1) on the last 16 rows only needs the last 18 rows of u.
-    crop = u[:, -18:].double()
-    ref = reference.pyramid_stage(crop, weights[0].double(), 1.0, "sigmoid", reference.default_gate_scale(ci))
-    assert_close(out[:, -14:, :, :ci // 2], ref[:, -14:], torch.float16, "last rows of a 16K map")
+    check_map_16k("cuda")

@@ -12,9 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deltaconv_kernels import ops, reference
+from deltaconv_kernels import ops
 from deltaconv_kernels.testing import (
     assert_close,
+    check_map_16k,
     check_pyramid_backend,
     random_like_grad,
     random_pyramid_inputs,
@@ -37,21 +38,6 @@ if not (INTERPRET or CUDA):
 
 DEVICE = "cuda" if CUDA else "cpu"
 # Under the interpreter every op of every program is numpy code: shapes stay tiny, the K=13 cases few.
-# (b, h, w, ci, k, scales, gate)
-CASES_INTERPRET = [
-    (2, 7, 9, 6, 3, (1.0, 0.5), "scaled"),
-    (1, 8, 9, 6, 3, (1.0, 0.5, 0.25), "sigmoid"),
-    (1, 6, 4, 8, 13, (1.0, 0.5), "sigmoid"),
-    (1, 5, 11, 4, 13, (1.0,), "scaled"),
-]
-CASES_CUDA = [
-    (1, 37, 29, 40, 3, (1.0, 0.5), "scaled"),
-    (2, 33, 45, 72, 13, (1.0, 0.5, 0.25), "sigmoid"),
-    (1, 64, 64, 96, 13, (1.0, 0.5), "sigmoid"),
-    (2, 17, 23, 10, 31, (1.0, 0.5), "scaled"),
-    (3, 16, 16, 160, 5, (1.0, 0.5, 0.25), "scaled"),
-]
-CASES = CASES_CUDA if CUDA else CASES_INTERPRET
 
 
 def _inputs(b, h, w, ci, k, n_stages, dtype, strided_u=False, seed=0):
@@ -78,20 +64,7 @@ def test_rejects_float64():
 
 @pytest.mark.skipif(not CUDA, reason="a map with B*H*W*C > 2^31 elements needs a GPU with ~20 GB free")
 def test_int64_offsets_16k_map():
-    # 1 x 2048 x 2048 x 576 = 2.4e9 elements > 2^31: the last rows are only right with 64-bit offsets.
-    h = w = 2048
-    ci = 576
-    g = torch.Generator(device="cuda").manual_seed(0)
-    u = torch.randn(1, h, w, ci, device="cuda", dtype=torch.float16, generator=g)
-    weights = [torch.randn(5, 5, ci, device="cuda", dtype=torch.float16, generator=g) * 0.3 for _ in range(2)]
-    out = ops.pyramid(u, weights, (1.0, 0.5), "sigmoid", backend="triton")
-    pooled_bias = ops.pooled_bias(u, torch.eye(ci, device="cuda", dtype=torch.float16),
-                                  torch.zeros(ci, device="cuda", dtype=torch.float16), backend="triton")
-    assert_close(pooled_bias, u.float().mean(dim=(1, 2)).half(), torch.float16, "16K mean")
-    # Stage 0 (s=1) on the last 16 rows only needs the last 18 rows of u.
-    crop = u[:, -18:].double()
-    ref = reference.pyramid_stage(crop, weights[0].double(), 1.0, "sigmoid", reference.default_gate_scale(ci))
-    assert_close(out[:, -14:, :, :ci // 2], ref[:, -14:], torch.float16, "last rows of a 16K map")
+    check_map_16k("triton")
 
 
 @settings(max_examples=3, deadline=None, derandomize=True)

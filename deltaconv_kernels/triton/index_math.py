@@ -64,6 +64,20 @@ def tile_origin(pid, map_h, map_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr)
 
 
 @triton.jit
+def conv_program(src_ptr, s_b, s_h, map_h, map_w, S_W: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's share of a conv kernel (grid: B * spatial tiles, channel blocks): (batch item as int64, first
+    row, first column, first channel, the pointer to that pixel and channel in the zero-bordered source, the channels
+    [BLOCK_C] of the a-half, their mask)."""
+    b, h0, w0 = tile_origin(tl.program_id(0), map_h, map_w, BLOCK_H, BLOCK_W)
+    c0 = tl.program_id(1) * BLOCK_C
+    b64 = b.to(tl.int64)
+    tile = src_ptr + b64 * s_b + h0.to(tl.int64) * s_h + (w0 * S_W + c0)
+    ca = c0 + tl.arange(0, BLOCK_C)
+    return b64, h0, w0, c0, tile, ca, ca < HALF
+
+
+@triton.jit
 def tile_coords(pid, map_h, map_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """Program id -> (batch item as int64, rows [BLOCK_P], cols [BLOCK_P]) of a spatial tile."""
     b, h0, w0 = tile_origin(pid, map_h, map_w, BLOCK_H, BLOCK_W)

@@ -24,9 +24,9 @@ from deltaconv_kernels.triton.index_math import (
     adaptive_window,
     bilinear_weight,
     conv_pair_tile,
+    conv_program,
     first_reaching_row,
     tile_coords,
-    tile_origin,
 )
 from deltaconv_kernels.triton.pyramid_fwd import conv_meta, conv_weight, padded_buffer, stage_source
 
@@ -39,12 +39,8 @@ def _gate_bwd_kernel(src_ptr, s_b, s_h, w_ptr, g_ptr, g_b, g_h, g_w, g_c, gd_ptr
                      BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """gd (zero-bordered fp32, pixel stride 2*HALF) = gate backward of one tile, the conv recomputed from src.
     gz is grad_out at the tile (UPSAMPLED false) or its bilinear-upsample backward from the out_h x out_w grad."""
-    b, h0, w0 = tile_origin(tl.program_id(0), map_h, map_w, BLOCK_H, BLOCK_W)
-    c0 = tl.program_id(1) * BLOCK_C
-    b64 = b.to(tl.int64)
-    tile = src_ptr + b64 * s_b + h0.to(tl.int64) * s_h + (w0 * S_W + c0)
-    ca = c0 + tl.arange(0, BLOCK_C)
-    cmask = ca < HALF
+    b64, h0, w0, c0, tile, ca, cmask = conv_program(src_ptr, s_b, s_h, map_h, map_w, S_W, HALF, BLOCK_H, BLOCK_W,
+                                                    BLOCK_C)
     p = tl.arange(0, BLOCK_H * BLOCK_W)
     # Index math in int32 (maps up to 32K a side: the launcher checks); only addresses are 64-bit.
     oh = h0 + p // BLOCK_W
@@ -92,12 +88,8 @@ def _conv_input_bwd_kernel(src_ptr, s_b, s_h, w_ptr, out_ptr, o_b, o_h, o_w, map
                            BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """out (+)= conv(gd, flipped kernel) over all 2*HALF channels: gd zero-bordered fp32, out fp32 [B, h, w, 2*HALF]
     (channels contiguous)."""
-    b, h0, w0 = tile_origin(tl.program_id(0), map_h, map_w, BLOCK_H, BLOCK_W)
-    c0 = tl.program_id(1) * BLOCK_C
-    b64 = b.to(tl.int64)
-    tile = src_ptr + b64 * s_b + h0.to(tl.int64) * s_h + (w0 * S_W + c0)
-    ca = c0 + tl.arange(0, BLOCK_C)
-    cmask = ca < HALF
+    b64, h0, w0, c0, tile, ca, cmask = conv_program(src_ptr, s_b, s_h, map_h, map_w, S_W, HALF, BLOCK_H, BLOCK_W,
+                                                    BLOCK_C)
     acc_a, acc_g = conv_pair_tile(tile, s_h, w_ptr + c0, cmask, S_W, HALF, K, EVEN_C, PACKED, BLOCK_H, BLOCK_W,
                                   BLOCK_C)
     p = tl.arange(0, BLOCK_H * BLOCK_W)

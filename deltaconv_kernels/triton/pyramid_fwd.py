@@ -17,9 +17,9 @@ from deltaconv_kernels.triton.index_math import (
     adaptive_window,
     bilinear_taps,
     conv_pair_tile,
+    conv_program,
     gate_forward,
     tile_coords,
-    tile_origin,
 )
 
 
@@ -29,11 +29,8 @@ def _conv_gate_kernel(src_ptr, s_b, s_h, w_ptr, out_ptr, o_b, o_h, o_w, o_c, map
                       EVEN_C: tl.constexpr, PACKED: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
                       BLOCK_W: tl.constexpr):
     """z = gate(conv(src)) on a map_h x map_w map held zero-bordered in `src`; grid (B * tiles, channel blocks)."""
-    b, h0, w0 = tile_origin(tl.program_id(0), map_h, map_w, BLOCK_H, BLOCK_W)
-    c0 = tl.program_id(1) * BLOCK_C
-    tile = src_ptr + b.to(tl.int64) * s_b + h0.to(tl.int64) * s_h + (w0 * S_W + c0)
-    ca = c0 + tl.arange(0, BLOCK_C)
-    cmask = ca < HALF
+    b64, h0, w0, c0, tile, ca, cmask = conv_program(src_ptr, s_b, s_h, map_h, map_w, S_W, HALF, BLOCK_H, BLOCK_W,
+                                                    BLOCK_C)
     acc_a, acc_g = conv_pair_tile(tile, s_h, w_ptr + c0, cmask, S_W, HALF, K, EVEN_C, PACKED, BLOCK_H, BLOCK_W,
                                   BLOCK_C)
     z = gate_forward(acc_a, acc_g, gate_scale, SIGMOID)
@@ -41,7 +38,7 @@ def _conv_gate_kernel(src_ptr, s_b, s_h, w_ptr, out_ptr, o_b, o_h, o_w, o_c, map
     oh = h0 + p // BLOCK_W
     ow = w0 + p % BLOCK_W
     m = ((oh < map_h) & (ow < map_w))[:, None] & cmask[None, :]
-    pix = b.to(tl.int64) * o_b + oh.to(tl.int64) * o_h + ow.to(tl.int64) * o_w
+    pix = b64 * o_b + oh.to(tl.int64) * o_h + ow.to(tl.int64) * o_w
     tl.store(out_ptr + pix[:, None] + ca.to(tl.int64)[None, :] * o_c, z.to(out_ptr.dtype.element_ty), mask=m)
 
 
