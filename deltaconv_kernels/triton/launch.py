@@ -3,9 +3,9 @@ place every kernel launch goes through (`run`), so that `python/aot_report.py` c
 launch and compile it ahead of time without a GPU.
 
 Under TRITON_INTERPRET=1 every program runs as numpy code on the CPU: nothing is autotuned (the first config of a
-list runs) and reductions use as many splits as the tiles give. On a GPU the forward conv is autotuned over the
-spill-free tiles of `CONV_TILES`; kernels that accumulate into buffers use fixed tiles (autotuning's repeated
-launches would accumulate twice).
+list runs) and reductions run in one split unless `reduction_splits` forces more (the tests do). On a GPU the
+forward conv is autotuned over the spill-free tiles of `CONV_TILES`; kernels that accumulate into buffers use fixed
+tiles (autotuning's repeated launches would accumulate twice).
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 CONV_TILES = ((8, 16, 4), (16, 16, 8), (4, 16, 4))
 # Padded buffers are sized for the largest tile, so any tile of the list can run on them without masks.
 TILE_ALIGN = max(max(bh, bw) for bh, bw, _ in CONV_TILES)
-# Taps of the weight-gradient kernel live in one register tensor [next_pow2(K*K), BLOCK_C]; its channel block and
-# warps, and how many rows a region covers at least (so a program amortises its partial write).
+# Taps of the weight-gradient kernel live in one register tensor [next_pow2(K*K), BLOCK_C]; its channel block:
 WGRAD_BLOCK_C = 32
 # Tap-times-channel elements a thread of the weight-gradient kernel holds, by the conv input's element size: more
 # amortise the loop, fewer leave registers for the loads (4-byte inputs with 64 spill on sm_80; AOT report).
@@ -71,10 +70,6 @@ def reduction_splits(n: int):
         yield
     finally:
         _FORCED_SPLITS = previous
-
-
-def forced_splits() -> int | None:
-    return _FORCED_SPLITS
 
 
 def run(kernel, grid, *args, **meta) -> None:
