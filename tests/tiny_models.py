@@ -5,6 +5,7 @@ configs of the released base models for meta-device tests. Other test files impo
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 
@@ -186,3 +187,41 @@ def cfg_denoise_unet(unet, vae, cond, uncond, height: int, width: int, steps: in
             noise = noise_uncond + guidance * (noise_cond - noise_uncond)
             latents = scheduler.step(noise, t, latents).prev_sample
         return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+
+
+def tiny_clip_text(folder):
+    """A CLIP tokenizer (a character vocabulary written to `folder`, no BPE merges) and a 2-layer CLIPTextModel with
+    32-wide states: what a StableDiffusionPipeline needs to take a text prompt, built offline."""
+    import json
+    import string
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = string.ascii_lowercase + string.digits + ",.!?'-"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in chars:
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    torch.manual_seed(0)
+    encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
+                                           num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                           bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
+    return tokenizer, encoder
+
+
+def tiny_sd_pipeline_with_text(folder):
+    """A tiny StableDiffusionPipeline that takes text prompts (tiny_clip_text), saved to `folder` with
+    save_pretrained as a Hub snapshot would hold it; returns the folder."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    tokenizer, encoder = tiny_clip_text(Path(folder) / "_tokenizer_files")
+    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=encoder, tokenizer=tokenizer, unet=tiny_unet("sd15"),
+                                   scheduler=DDIMScheduler(clip_sample=False, steps_offset=1), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return str(folder)
