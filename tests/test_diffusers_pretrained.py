@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -363,3 +364,27 @@ def test_base_processor_dict_applies_to_converted_model(keep_attention):
     if keep_attention:
         attn1 = next(k for k in processors if k.endswith("attn1.processor"))
         assert got[attn1.replace(".processor", ".attention.processor")] is processors[attn1]
+
+
+def test_save_pretrained_pushes_the_folder_to_the_hub(tmp_path, monkeypatch):
+    # The upload itself is huggingface_hub's; here it is intercepted (nothing leaves the machine): the repo is
+    # created if missing and exactly the written folder is uploaded, and it loads back as a converted model.
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: calls.append(("create", repo_id, kw)))
+    monkeypatch.setattr(huggingface_hub, "upload_folder",
+                        lambda **kw: calls.append(("upload", kw["repo_id"], sorted(p.name for p in
+                                                                                  Path(kw["folder_path"]).iterdir()))))
+    model = tiny_unet("sd15")
+    dd.convert(model)
+    with pytest.raises(ValueError, match="needs repo_id"):
+        dd.save_pretrained(model, tmp_path / "m", push_to_hub=True)
+    out = dd.save_pretrained(model, tmp_path / "m", push_to_hub=True, repo_id="me/tiny-deltaconv", private=True)
+    assert calls[0] == ("create", "me/tiny-deltaconv", {"private": True, "token": None, "exist_ok": True})
+    assert calls[1][:2] == ("upload", "me/tiny-deltaconv") and "deltaconv.safetensors" in calls[1][2]
+    assert len(list(dd.iter_deltaconv_modules(dd.from_pretrained(out)))) == 10
+    calls.clear()
+    dd.save(model, tmp_path / "blocks", push_to_hub=True, repo_id="me/tiny-blocks")  # the blocks alone, likewise
+    assert [c[:2] for c in calls] == [("create", "me/tiny-blocks"), ("upload", "me/tiny-blocks")]
+    assert calls[1][2] == ["deltaconv.json", "deltaconv.safetensors"]

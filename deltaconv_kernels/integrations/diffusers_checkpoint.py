@@ -34,8 +34,12 @@ def _layer_config(module) -> dict:
     return {"dim": b.dim, "kernel_size": b.kernel_size, "gate": b.gate, "gate_scale": b.gate_scale}
 
 
-def save(model_or_pipeline, path) -> Path:
-    """Write the ΔConvBlock weights and config of a converted model into directory `path` (created if needed)."""
+def save(model_or_pipeline, path, push_to_hub: bool = False, repo_id: str | None = None, private: bool | None = None,
+         token: str | None = None, commit_message: str | None = None) -> Path:
+    """Write the ΔConvBlock weights and config of a converted model into directory `path` (created if needed); with
+    `push_to_hub`, then upload that folder to the Hub repo `repo_id` (`diffusers_hub.push_folder`)."""
+    if push_to_hub and not repo_id:
+        raise ValueError("save: push_to_hub=True needs repo_id='owner/name'")  # before writing anything
     model = dm.resolve_denoiser(model_or_pipeline)
     layers = converted_layers(model)
     blocks = [m.block for m in layers.values()]
@@ -57,6 +61,10 @@ def save(model_or_pipeline, path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / WEIGHTS_NAME, lambda f: f.write(safetensors_bytes(tensors, metadata={"format": FORMAT})))
     atomic_write(out / CONFIG_NAME, lambda f: f.write(json.dumps(config, indent=1).encode()))
+    if push_to_hub:
+        from deltaconv_kernels.integrations.diffusers_hub import push_folder  # (diffusers_hub imports this module)
+
+        push_folder(out, repo_id, private, token, commit_message)
     return out
 
 

@@ -40,3 +40,16 @@ def local_path(path_or_repo_id, what: str, **hub_kwargs) -> Path:
     except (LocalEntryNotFoundError, HFValidationError, HfHubHTTPError, OSError) as e:
         raise CheckpointError(f"{text!r} is no local {what}, and as a Hub repo id it could not be fetched: "
                                 f"{type(e).__name__}: {e}") from e
+
+
+def push_folder(folder: Path, repo_id: str | None, private: bool | None = None, token: str | None = None,
+                commit_message: str | None = None) -> None:
+    """Upload a written folder to the Hub repo `repo_id` (created if missing) through huggingface_hub, as diffusers'
+    `push_to_hub` does."""
+    if not repo_id:
+        raise ValueError("push_to_hub=True needs repo_id='owner/name'")
+    import huggingface_hub
+
+    huggingface_hub.create_repo(repo_id, private=private, token=token, exist_ok=True)
+    huggingface_hub.upload_folder(repo_id=repo_id, folder_path=str(folder), token=token,
+                                  commit_message=commit_message or "Upload a ΔConv-converted model")

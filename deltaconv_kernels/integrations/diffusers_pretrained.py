@@ -31,7 +31,7 @@ from deltaconv_kernels.fileio import atomic_write
 from deltaconv_kernels.integrations import diffusers_models as dm
 from deltaconv_kernels.integrations.diffusers_checkpoint import CONFIG_NAME, CheckpointError, load, save
 from deltaconv_kernels.integrations.diffusers_convert import converted_layers
-from deltaconv_kernels.integrations.diffusers_hub import local_path, split_hub_kwargs
+from deltaconv_kernels.integrations.diffusers_hub import local_path, push_folder, split_hub_kwargs
 
 BASE_NAME = "deltaconv_base.safetensors"
 GUARD_NAME = "diffusion_pytorch_model.safetensors.index.json"  # diffusers' sharded-checkpoint index name
@@ -101,16 +101,24 @@ def uninstall_save(model) -> None:
     model.__dict__.pop("save_pretrained", None)
 
 
-def save_pretrained(pipe_or_model, directory) -> Path:
+def save_pretrained(pipe_or_model, directory, push_to_hub: bool = False, repo_id: str | None = None,
+                    private: bool | None = None, token: str | None = None, commit_message: str | None = None) -> Path:
     """Write a converted pipeline (diffusers' pipeline folder with a converted denoiser subfolder) or a converted
-    model (a converted model folder) into `directory`, ready for `from_pretrained`."""
+    model (a converted model folder) into `directory`, ready for `from_pretrained`. With `push_to_hub`, the folder is
+    then uploaded to the Hub repo `repo_id` (created if missing) through huggingface_hub, as diffusers does."""
+    if push_to_hub and not repo_id:
+        raise ValueError("save_pretrained: push_to_hub=True needs repo_id='owner/name'")  # before writing anything
     model = dm.resolve_denoiser(pipe_or_model)
     converted_layers(model)  # raises when not converted
     if model is pipe_or_model:
-        return save_model_folder(model, directory)
-    install_save(model)  # a pipeline's denoiser converted before this existed, or copied
-    pipe_or_model.save_pretrained(str(directory))
-    return Path(directory)
+        out = save_model_folder(model, directory)
+    else:
+        install_save(model)  # a pipeline's denoiser converted before this existed, or copied
+        pipe_or_model.save_pretrained(str(directory))
+        out = Path(directory)
+    if push_to_hub:
+        push_folder(out, repo_id, private, token, commit_message)
+    return out
 
 
 def _read_meta(folder: Path) -> dict:
