@@ -54,7 +54,7 @@ METHODS = flops.METHODS  # deltaconv first: it must get the time budget before t
 MODELS = ("pixart", "sd15")  # benchmarked by default; "sdxl" on request
 # The DiTFastAttn latency is that of its compressed step (window attention + cached residual); its full steps
 # cost what SDPA costs plus a window pass.
-DITFASTATTN_BENCH_MODES = ("window_residual",)
+DITFASTATTN_BENCH_MODE = "window_residual"
 # Peak working memory in units of B*N*C elements (input included), from the code paths; measured values are
 # recorded in extra_info. ΔConvBlock's torch reference measured 2.7 (PixArt) and 1.9 (SD1.5) over its input.
 MEMORY_FACTOR = {"deltaconv": 5.0, "sdpa": 8.0, "neighborhood": 8.0, "ditfastattn": 9.0, "linfusion": 12.0,
@@ -156,7 +156,7 @@ def build_layer(method: str, model: str, device, dtype):
         layer = baselines.NeighborhoodAttention(c, heads, kernel_size=k, **factory)
         info = {"backend": layer.impl}
     elif method == "ditfastattn":
-        schedule = baselines.DiTFastAttnSchedule(("full", *DITFASTATTN_BENCH_MODES))
+        schedule = baselines.DiTFastAttnSchedule(("full", DITFASTATTN_BENCH_MODE))
         layer, info = baselines.DiTFastAttnAttention(c, heads, schedule=schedule, **factory), {"backend": "torch"}
     elif method == "linfusion":
         layer, info = baselines.LinFusionAttention(c, heads, **factory), {"backend": "torch"}
@@ -310,7 +310,7 @@ class Planner:
             return None
         last = pts[-1]
         f = lambda h, w: flops.method_flops(case.method, case.shape, h, w, self.cfg.batch,  # noqa: E731
-                                            DITFASTATTN_BENCH_MODES).total
+                                            DITFASTATTN_BENCH_MODE).total
         return last.seconds * f(case.res.height, case.res.width) / f(last.height, last.width)
 
     def decide(self, case: Case) -> Decision:
@@ -350,7 +350,7 @@ class Planner:
     def new_result(self, case: Case, **kw) -> Result:
         h, w = case.tokens
         gf = flops.method_flops(case.method, case.shape, case.res.height, case.res.width, self.cfg.batch,
-                                DITFASTATTN_BENCH_MODES).total / 1e9
+                                DITFASTATTN_BENCH_MODE).total / 1e9
         return Result(case.method, case.model, case.res.label, case.res.height, case.res.width, h * w, gflops=gf,
                       **kw)
 

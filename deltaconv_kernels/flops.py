@@ -101,6 +101,27 @@ def band_pairs(n: int, half_width: int) -> int:
     return n * (2 * w + 1) - w * (w + 1)
 
 
+def _ditfastattn_costs(n: int, c: int, window) -> tuple[dict, Flops]:
+    """Per-mode FLOPs of one DiTFastAttn step for one sample, and the extra window pass of a residual."""
+    win = Flops(attention=4 * band_pairs(n, window_half_width(n, window)) * c)
+    per_mode = {
+        "full": _projections(n, c) + Flops(attention=4 * n * n * c),
+        "window_residual": _projections(n, c) + win,
+        "share_timestep": Flops(),
+    }
+    return per_mode, win
+
+
+def ditfastattn_step(h: int, w: int, c: int, mode: str, window: float | int = PUBLISHED_WINDOW,
+                     batch: int = 2) -> Flops:
+    """FLOPs of one DiTFastAttn-style step in `mode` ("full" without the residual pass, "window_residual",
+    "share_timestep"), the CFG halves not shared: what the latency benchmark times for its compressed step."""
+    per_mode, _ = _ditfastattn_costs(h * w, c, window)
+    if mode not in per_mode:
+        raise ValueError(f"mode must be one of {sorted(per_mode)}, got {mode!r}")
+    return per_mode[mode] * batch
+
+
 def ditfastattn(h: int, w: int, c: int, modes=None, window: float | int = PUBLISHED_WINDOW, cfg_share=None,
                 batch: int = 2) -> Flops:
     """Mean per-step FLOPs of DiTFastAttn-style attention over a plan of modes (see ditfastattn_schedule):
@@ -108,15 +129,9 @@ def ditfastattn(h: int, w: int, c: int, modes=None, window: float | int = PUBLIS
     next full step (as the layer does), "window_residual" = projections + window attention, "share_timestep" =
     nothing. CFG sharing halves the batch of that step. `window`: tokens (64, as published) or a fraction of N.
     Default plan: our periodic heuristic, 20 steps with a full step every 5 (`DiTFastAttnSchedule.periodic`)."""
-    n = h * w
     modes = DiTFastAttnSchedule.periodic(20, 5).modes if modes is None else modes
     plan = DiTFastAttnSchedule(modes, cfg_share)
-    win = Flops(attention=4 * band_pairs(n, window_half_width(n, window)) * c)
-    per_mode = {
-        "full": _projections(n, c) + Flops(attention=4 * n * n * c),
-        "window_residual": _projections(n, c) + win,
-        "share_timestep": Flops(),
-    }
+    per_mode, win = _ditfastattn_costs(h * w, c, window)
     total = Flops()
     for step in range(len(plan)):
         cost = per_mode[plan.mode(step)] + (win if plan.needs_residual(step) else Flops())
@@ -153,10 +168,10 @@ def deltaconv(h: int, w: int, c: int, kernel_size: int, scales=(1.0, 0.5), inter
 
 
 def method_flops(method: str, shape: LayerShape, height: int, width: int, batch: int = 2,
-                 ditfastattn_modes=None) -> Flops:
+                 ditfastattn_mode: str | None = None) -> Flops:
     """FLOPs of `method` at an image of height x width pixels for `shape` with the baselines' defaults
-    (neighborhood window = the layer's ΔConvBlock K, 64 mediators, DiTFastAttn averaged over `ditfastattn_modes`,
-    default its 20-step periodic schedule)."""
+    (neighborhood window = the layer's ΔConvBlock K, 64 mediators, DiTFastAttn averaged over its 20-step periodic
+    schedule, or one step in `ditfastattn_mode`)."""
     h, w = shape.tokens(height, width)
     c = shape.channels
     if method == "deltaconv":
@@ -166,7 +181,9 @@ def method_flops(method: str, shape: LayerShape, height: int, width: int, batch:
     if method == "neighborhood":
         return neighborhood(h, w, c, shape.kernel_size, batch)
     if method == "ditfastattn":
-        return ditfastattn(h, w, c, modes=ditfastattn_modes, batch=batch)
+        if ditfastattn_mode is not None:
+            return ditfastattn_step(h, w, c, ditfastattn_mode, batch=batch)
+        return ditfastattn(h, w, c, batch=batch)
     if method == "linfusion":
         return linfusion(h, w, c, shape.heads, batch)
     if method == "mediator":

@@ -125,3 +125,15 @@ def test_deltaconv_matches_flop_counter(scales):
     # proj_in and pool_proj are addmm, proj_out a baddbmm; the reference's pooling einsum (bmm) is not a GEMM
     # of the block and is left out.
     assert got["addmm"] + got["baddbmm"] == analytic.linear
+
+
+def test_ditfastattn_single_step_as_the_benchmark_times_it():
+    # The latency benchmark times one compressed step; its FLOPs column is that step's, not a plan's mean.
+    h, w = flops.PIXART.tokens(512, 512)
+    c = flops.PIXART.channels
+    step = flops.method_flops("ditfastattn", flops.PIXART, 512, 512, ditfastattn_mode="window_residual")
+    assert step == flops.ditfastattn_step(h, w, c, "window_residual")
+    assert step.total < flops.ditfastattn_step(h, w, c, "full").total
+    assert flops.ditfastattn_step(h, w, c, "share_timestep").total == 0
+    with pytest.raises(ValueError, match="mode must be one of"):
+        flops.ditfastattn_step(h, w, c, "window")
