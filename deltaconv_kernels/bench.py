@@ -16,12 +16,10 @@ should reach 16K), not from memory or the total budget.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
 import platform
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from pathlib import Path
 import torch
 
 from deltaconv_kernels import baselines, flops
+from deltaconv_kernels.bench_timing import PeakMemory
 from deltaconv_kernels.modules import DeltaConvBlock
 from deltaconv_kernels.ops import resolve
 
@@ -200,56 +199,6 @@ def available_memory_bytes(device: torch.device) -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("cannot read MemAvailable from /proc/meminfo")
-
-
-class PeakMemory:
-    """Peak memory added while the block runs: the CUDA allocator's peak, or on CPU the growth of the process
-    RSS sampled every 2 ms. glibc keeps freed memory mapped, so on entry `malloc_trim(0)` hands it back first;
-    otherwise a warm call would reuse it and show no growth."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.peak_bytes: int | None = None
-        self.method = "cuda max_memory_allocated" if device.type == "cuda" else "cpu RSS growth sampled every 2 ms"
-
-    def _trim(self) -> None:
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-            self.method += " after malloc_trim"
-        except (OSError, AttributeError):
-            self.method += " (no glibc malloc_trim: warm calls may under-report)"
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self._peak = max(self._peak, self._rss())
-            self._stop.wait(0.002)
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-        else:
-            self._trim()
-            self._base = self._peak = self._rss()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = max(self._peak, self._rss()) - self._base
 
 
 # ---- scaling law and planning -------------------------------------------------------------------------------

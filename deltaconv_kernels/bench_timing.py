@@ -1,0 +1,164 @@
+"""How every benchmark of the package times and measures memory: the one implementation the layer grid
+(`bench.py`), the end-to-end denoiser steps and the CPU-backend suite share.
+
+- `interleaved(calls, rounds)`: the callables are timed round-robin (one call of each per round, after warm-up
+  calls of each), so a drift in machine load hits every method alike; each gets a `Timing` (all its round times,
+  their median and interquartile range).
+- `PeakMemory`: the memory one call adds at its peak (the CUDA allocator's peak, or the sampled RSS growth on CPU).
+  It is measured on a call of its own, outside the timed rounds, so the sampler does not disturb the timings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Round times of one method, seconds."""
+
+    seconds: tuple[float, ...]
+
+    @property
+    def rounds(self) -> int:
+        return len(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def iqr(self) -> float:
+        """Interquartile range (0 with fewer than 2 rounds)."""
+        if len(self.seconds) < 2:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(self.seconds, n=4, method="inclusive")
+        return q3 - q1
+
+
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, Timing]:
+    """Time each callable `rounds` times, round-robin, after `warmup` untimed round-robin calls of each. The
+    callables must synchronise their device themselves (see `synchronizer`)."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+    if not calls:
+        raise ValueError("calls must name at least one callable")
+    for _ in range(warmup):
+        for f in calls.values():
+            f()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, f in calls.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    return {name: Timing(tuple(ts)) for name, ts in times.items()}
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """What a timed callable calls at its end so that the time covers the device's work."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def spread(values) -> dict:
+    """Median of per-process medians with their min and max: how fresh processes agree."""
+    values = list(values)
+    if not values:
+        raise ValueError("spread needs at least one value")
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "processes": len(values)}
+
+
+class PeakMemory:
+    """Peak memory added while the block runs: the CUDA allocator's peak, or on CPU the growth of the process
+    RSS sampled every 2 ms. glibc keeps freed memory mapped, so on entry `malloc_trim(0)` hands it back first;
+    otherwise a warm call would reuse it and show no growth."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.peak_bytes: int | None = None
+        self.method = "cuda max_memory_allocated" if self.device.type == "cuda" else "cpu RSS growth sampled every 2 ms"
+
+    def _trim(self) -> None:
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            self.method += " after malloc_trim"
+        except (OSError, AttributeError):
+            self.method += " (no glibc malloc_trim: warm calls may under-report)"
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._rss())
+            self._stop.wait(0.002)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._trim()
+            self._base = self._peak = self._rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(self._peak, self._rss()) - self._base
+
+
+def peak_memory(call: Callable[[], object], device) -> tuple[int, str]:
+    """(bytes, how measured) one call of `call` adds at its peak."""
+    with PeakMemory(device) as mem:
+        call()
+    return mem.peak_bytes, mem.method
+
+
+@dataclass
+class Record:
+    """One measured (or extrapolated) case as bench.json stores it: the schema every benchmark writes."""
+
+    method: str                 # deltaconv, sdpa, neighborhood, ditfastattn, linfusion, mediator, ...
+    model: str                  # layer shape or whole model: pixart, sd15, sdxl, ...
+    resolution: str             # label, e.g. "1K", "4K"
+    height: int                 # image pixels
+    width: int
+    dtype: str                  # fp32, bf16, fp16
+    batch: int
+    implementation: str         # what ran: "cpu", "flex", "natten", "reference", "torch-sdpa", ...
+    seconds_median: float | None
+    seconds_iqr: float | None
+    rounds: int
+    processes: int
+    peak_bytes: int | None
+    flops_executed: float       # FLOPs the timed implementation executes
+    flops_ideal: float          # the method's ideal count (flops.method_flops)
+    extrapolated: bool
+    fit: dict | None = None     # when extrapolated: the fit and its uncertainty band
+    mode: str = "forward"       # forward, forward+backward, denoiser step, or a DiTFastAttn step mode
+    reason: str = ""            # why it was not measured, when extrapolated or skipped
+    extra: dict | None = None   # anything else (per-process medians, peak-memory method, ...)
