@@ -1,33 +1,44 @@
 """Latency of ΔConvBlock against the attention baselines, 512² up to 16K, and the `deltaconv bench` command.
 
-This module holds everything the pytest benchmarks (benchmarks/) and the CLI share: the resolution ladder, the
-layer factories, memory estimates, peak-memory measurement, the planner that decides per case whether to run
-it or skip it and extrapolate its time from a power law fitted on the sizes that ran, and the table/JSON/plot
-output. A case is (method, model layer shape, resolution); cases of one method run in increasing size so each
-decision can use the times measured so far.
+How a run measures (the rules a skeptic asks for):
 
-Why cases are skipped: a baseline whose predicted time for one call exceeds `max_call_s` (quadratic attention
-at 4K on a CPU would take hours; 3 x `max_call_s` while the method has fewer than the 2 measured sizes a law
-needs); any case whose memory estimate exceeds the free memory; any case that would
-overrun the run's total time budget. ΔConvBlock is exempt from `max_call_s` (it is the method under test and
-should reach 16K), not from memory or the total budget.
+- Per (layer shape, resolution) group every method's call is built, then all of them are timed **round-robin**
+  (`bench_timing.interleaved`: one call of each per round, `warmup` untimed rounds first, at least 5 timed rounds),
+  so load drift hits every method alike; each case reports the median and IQR of its rounds, and the headline
+  speedups are medians of per-round ratios from those same rounds.
+- **One cap for every method**, ΔConvBlock included: a case whose predicted time per call exceeds `max_call_s`
+  is not run. Its time may be extrapolated, but only from a fit `t = a + b * FLOPs_executed` on that method's
+  measured sizes (`bench_fit.FlopsFit`), with an uncertainty band, and it is stored as `extrapolated` and shown
+  in its own table, never mixed with measured values in a claim.
+- A case is also skipped when its memory estimate exceeds the free memory, or its group would overrun the run's
+  time budget. Every skip has its reason in the JSON.
+- `processes=N` (CLI `--processes`) repeats the whole grid in N fresh processes and reports, per case, the
+  median of the process medians with their spread.
+- DiTFastAttn is timed in each of its step modes (full with the residual pass, window + residual, sharing the
+  previous step, and both attention modes with the CFG halves shared at B = 2); its schedule-averaged cost over
+  its 20-step periodic plan is derived from those.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import json
-import math
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from deltaconv_kernels import baselines, flops
-from deltaconv_kernels.bench_timing import PeakMemory
+from deltaconv_kernels.bench_fit import FlopsFit
+from deltaconv_kernels.bench_timing import PeakMemory, Record, RoundRobin, Timing, interleaved, spread, synchronizer
 from deltaconv_kernels.modules import DeltaConvBlock
 from deltaconv_kernels.ops import resolve
 
@@ -43,26 +54,38 @@ class Resolution:
         return self.height * self.width
 
 
+# The paper's sizes: its "4K" is 3840x2160 (UHD), 8K 7680x4320, 16K 15360x8640.
 RESOLUTIONS = (
-    # 768² is there so that a quadratic baseline too slow at 2K on a CPU still has three sizes to fit its law on.
-    Resolution("512", 512, 512), Resolution("768", 768, 768), Resolution("1K", 1024, 1024),
-    Resolution("2K", 2048, 2048),
-    Resolution("4K", 4096, 2160), Resolution("8K", 7680, 4320), Resolution("16K", 15360, 8640),
+    Resolution("512", 512, 512), Resolution("1K", 1024, 1024), Resolution("2K", 2048, 2048),
+    Resolution("4K", 3840, 2160), Resolution("8K", 7680, 4320), Resolution("16K", 15360, 8640),
 )
-METHODS = flops.METHODS  # deltaconv first: it must get the time budget before the baselines
-MODELS = ("pixart", "sd15")  # benchmarked by default; "sdxl" on request
-# The DiTFastAttn latency is that of its compressed step (window attention + cached residual); its full steps
-# cost what SDPA costs plus a window pass.
-DITFASTATTN_BENCH_MODE = "window_residual"
+METHODS = flops.METHODS
+# Layer shapes: those of flops.py, and PixArt with the paper's largest kernel, K = 25.
+SHAPES = {**flops.LAYER_SHAPES, "pixart-k25": dataclasses.replace(flops.PIXART, name="pixart-k25", kernel_size=25)}
+MODELS = ("pixart", "sd15")  # benchmarked by default; "pixart-k25" and "sdxl" on request
+# DiTFastAttn step modes timed: mode -> (plan of two steps, CFG halves shared, the step that is timed).
+DITFASTATTN_MODES = {
+    "full": (("full", "window_residual"), False, 0),  # full attention + the window pass of the cached residual
+    "window_residual": (("full", "window_residual"), False, 1),
+    "share_timestep": (("full", "share_timestep"), False, 1),
+    "full+cfg": (("full", "window_residual"), True, 0),
+    "window_residual+cfg": (("full", "window_residual"), True, 1),
+}
+DITFASTATTN_PLAN = baselines.DiTFastAttnSchedule.periodic(20, 5)  # what the schedule average is taken over
 # Peak working memory in units of B*N*C elements (input included), from the code paths; measured values are
-# recorded in extra_info. ΔConvBlock's torch reference measured 2.7 (PixArt) and 1.9 (SD1.5) over its input.
+# in each record's peak_bytes.
 MEMORY_FACTOR = {"deltaconv": 5.0, "sdpa": 8.0, "neighborhood": 8.0, "ditfastattn": 9.0, "linfusion": 12.0,
                  "mediator": 12.0}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(k for k, v in DTYPES.items() if v == dtype)
 
 
 def resolution(label: str) -> Resolution:
     for r in RESOLUTIONS:
-        if r.label.lower() == label.lower():
+        if r.label.lower() == str(label).lower():
             return r
     raise ValueError(f"resolution must be one of {[r.label for r in RESOLUTIONS]}, got {label!r}")
 
@@ -72,60 +95,36 @@ class Case:
     method: str
     model: str
     res: Resolution
+    mode: str = "forward"  # a DiTFastAttn step mode for method "ditfastattn"
 
     @property
     def shape(self) -> flops.LayerShape:
-        return flops.LAYER_SHAPES[self.model]
+        return SHAPES[self.model]
 
     @property
     def tokens(self) -> tuple[int, int]:
         return self.shape.tokens(self.res.height, self.res.width)
 
     @property
-    def name(self) -> str:
-        return f"{self.method}-{self.model}-{self.res.label}"
-
-
-@dataclass
-class Result:
-    method: str
-    model: str
-    label: str
-    height: int
-    width: int
-    tokens: int
-    seconds: float | None           # mean latency per call (measured or extrapolated)
-    extrapolated: bool
-    rounds: int = 0
-    reason: str = ""                # why it was skipped (when extrapolated or not run)
-    peak_mem_bytes: int | None = None
-    peak_mem_method: str = ""
-    backend: str = ""
-    gflops: float = 0.0             # analytic, at this batch
-    law: dict | None = None         # the power law used for extrapolation
+    def key(self) -> tuple:
+        return (self.method, self.mode)
 
     @property
-    def pixels(self) -> int:
-        return self.height * self.width
-
-    def extra_info(self) -> dict:
-        info = asdict(self)
-        info["pixels"] = self.pixels
-        return info
+    def name(self) -> str:
+        mode = f"[{self.mode}]" if self.method == "ditfastattn" else ""
+        return f"{self.method}{mode}-{self.model}-{self.res.label}"
 
 
 @dataclass
 class BenchConfig:
     device: torch.device
     dtype: torch.dtype
-    batch: int
-    max_call_s: float = 6.0
-    budget_s: float = 600.0
-    target_case_s: float = 1.5      # time spent timing a fast case (rounds are chosen to fill it)
-    max_rounds: int = 5
+    batch: int = 2                  # classifier-free guidance, as in the paper
+    max_call_s: float = 6.0         # the one cap on a call's predicted time, for every method
+    budget_s: float = 900.0
+    rounds: int = 5
+    warmup: int = 1
     mem_fraction: float = 0.8
-    fit_points: int = 3             # the law is fitted on the largest this-many measured sizes
-    exempt: tuple = ("deltaconv",)
 
     @classmethod
     def for_device(cls, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
@@ -134,54 +133,90 @@ class BenchConfig:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        # batch 2 is classifier-free guidance on a GPU; on a CPU one sample keeps 16K within memory and time.
-        batch = batch or (2 if device.type == "cuda" else 1)
-        return cls(device=device, dtype=dtype, batch=batch, **kw)
+        kw.setdefault("max_call_s", 2.0 if device.type == "cuda" else 6.0)
+        return cls(device=device, dtype=dtype, batch=batch or 2, **kw)
 
 
-# ---- layers and inputs ------------------------------------------------------------------------------------
-def build_layer(method: str, model: str, device, dtype):
-    """The layer for (method, model): returns (module, info) with info naming the implementation that runs."""
-    shape = flops.LAYER_SHAPES[model]
+def cases_for(model: str, res: Resolution, methods=METHODS) -> list[Case]:
+    """The cases of one group, ΔConvBlock first (the speedups are taken over it)."""
+    out = []
+    for m in methods:
+        if m == "ditfastattn":
+            out += [Case(m, model, res, mode) for mode in DITFASTATTN_MODES]
+        else:
+            out.append(Case(m, model, res))
+    return sorted(out, key=lambda c: c.method != "deltaconv")
+
+
+def groups(models=MODELS, max_resolution: str = "2K", methods=METHODS) -> list[list[Case]]:
+    """Every (model, resolution) group in run order: sizes increasing, so predictions can use smaller sizes."""
+    top = resolution(max_resolution).pixels
+    return [cases_for(model, r, methods) for r in RESOLUTIONS if r.pixels <= top for model in models]
+
+
+# ---- layers, calls, FLOPs ---------------------------------------------------------------------------------
+def build_layer(method: str, model: str, device, dtype, mode: str = "forward"):
+    """The layer for (method, model): returns (module, implementation) naming what runs."""
+    shape = SHAPES[model]
     c, heads, k = shape.channels, shape.heads, shape.kernel_size
     factory = {"device": device, "dtype": dtype}
     if method == "deltaconv":
-        gate = "sigmoid" if model == "pixart" else "scaled"  # the released PixArt models use the sigmoid gate
-        layer = DeltaConvBlock(c, kernel_size=k, gate=gate, backend=None, **factory)
-        info = {"backend": resolve(None, torch.device(device).type)}
-    elif method == "sdpa":
-        layer, info = baselines.SDPASelfAttention(c, heads, **factory), {"backend": "torch-sdpa"}
-    elif method == "neighborhood":
+        gate = "sigmoid" if model.startswith("pixart") else "scaled"  # released PixArt models: sigmoid gate
+        return DeltaConvBlock(c, kernel_size=k, gate=gate, backend=None, **factory).eval(), \
+            resolve(None, torch.device(device).type)
+    if method == "sdpa":
+        return baselines.SDPASelfAttention(c, heads, **factory).eval(), "torch-sdpa"
+    if method == "neighborhood":
         layer = baselines.NeighborhoodAttention(c, heads, kernel_size=k, **factory)
-        info = {"backend": layer.impl}
-    elif method == "ditfastattn":
-        schedule = baselines.DiTFastAttnSchedule(("full", DITFASTATTN_BENCH_MODE))
-        layer, info = baselines.DiTFastAttnAttention(c, heads, schedule=schedule, **factory), {"backend": "torch"}
-    elif method == "linfusion":
-        layer, info = baselines.LinFusionAttention(c, heads, **factory), {"backend": "torch"}
-    elif method == "mediator":
-        layer, info = baselines.MediatorAttention(c, heads, **factory), {"backend": "torch"}
-    else:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return layer.eval(), info
+        return layer.eval(), layer.impl
+    if method == "ditfastattn":
+        plan, share, _ = DITFASTATTN_MODES[mode]
+        schedule = baselines.DiTFastAttnSchedule(plan, (share, share))
+        layer = baselines.DiTFastAttnAttention(c, heads, schedule=schedule, **factory)
+        return layer.eval(), getattr(layer, "window_impl", "reference")
+    if method == "linfusion":
+        return baselines.LinFusionAttention(c, heads, **factory).eval(), "torch"
+    if method == "mediator":
+        return baselines.MediatorAttention(c, heads, **factory).eval(), "torch"
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-def make_call(case: Case, cfg: BenchConfig):
-    """A no-argument callable running one forward of the case's layer (synchronised on CUDA), and its info."""
-    layer, info = build_layer(case.method, case.model, cfg.device, cfg.dtype)
+def make_call(case: Case, cfg: BenchConfig, x: torch.Tensor | None = None):
+    """A no-argument callable running one forward of the case's layer (synchronised), and its implementation."""
+    layer, impl = build_layer(case.method, case.model, cfg.device, cfg.dtype, case.mode)
     h, w = case.tokens
-    x = torch.empty(cfg.batch, h * w, case.shape.channels, device=cfg.device, dtype=cfg.dtype).uniform_(-1, 1)
-    if case.method == "ditfastattn":  # time the compressed step: give it a residual as a full step would
-        layer.set_cache(residual=torch.empty_like(x).uniform_(-0.1, 0.1))
-    step = {"step": 1} if case.method == "ditfastattn" else {}
-    sync = torch.cuda.synchronize if cfg.device.type == "cuda" else (lambda: None)
+    if x is None:
+        x = torch.empty(cfg.batch, h * w, case.shape.channels, device=cfg.device, dtype=cfg.dtype).uniform_(-1, 1)
+    kwargs = {}
+    if case.method == "ditfastattn":  # install the caches the step before would have left
+        _, _, step = DITFASTATTN_MODES[case.mode]
+        layer.set_cache(residual=torch.empty_like(x).uniform_(-0.1, 0.1), last_output=torch.empty_like(x))
+        kwargs["step"] = step
+    sync = synchronizer(cfg.device)
 
     def call():
         with torch.inference_mode():
-            layer(x, size=(h, w), **step)
+            layer(x, size=(h, w), **kwargs)
         sync()
 
-    return call, info
+    return call, impl
+
+
+def case_flops(case: Case, batch: int, impl: str) -> tuple[float, float]:
+    """(executed, ideal) FLOPs of one call of the case."""
+    h, w = case.tokens
+    shape = case.shape
+    if case.method == "ditfastattn":
+        plan, share, step = DITFASTATTN_MODES[case.mode]
+        b = batch // 2 if share else batch
+        mode = plan[step]
+        ideal = flops.ditfastattn_step(h, w, shape.channels, mode, batch=b)
+        if mode == "full":  # the full step also runs the window pass of the residual
+            ideal = ideal + flops.Flops(attention=flops.ditfastattn_step(h, w, shape.channels, "window_residual",
+                                                                         batch=b).attention)
+        return ideal.total, ideal.total
+    ideal = flops.method_flops(case.method, shape, case.res.height, case.res.width, batch)
+    return ideal.total, ideal.total
 
 
 # ---- memory -----------------------------------------------------------------------------------------------
@@ -201,29 +236,7 @@ def available_memory_bytes(device: torch.device) -> int:
     raise RuntimeError("cannot read MemAvailable from /proc/meminfo")
 
 
-# ---- scaling law and planning -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PowerLaw:
-    """seconds = coeff * pixels ** exponent, fitted by least squares in log-log."""
-
-    coeff: float
-    exponent: float
-    fitted_on: tuple  # the pixel counts it was fitted on
-
-    @classmethod
-    def fit(cls, pixels, seconds) -> PowerLaw:
-        if len(pixels) < 2 or len(set(pixels)) < 2:
-            raise ValueError(f"a power law needs at least 2 distinct sizes, got {list(pixels)}")
-        xs = [math.log(p) for p in pixels]
-        ys = [math.log(s) for s in seconds]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-        return cls(math.exp(my - slope * mx), slope, tuple(pixels))
-
-    def predict(self, pixels: int) -> float:
-        return self.coeff * pixels ** self.exponent
-
-
+# ---- planning ---------------------------------------------------------------------------------------------
 @dataclass
 class Decision:
     run: bool
@@ -233,148 +246,239 @@ class Decision:
 
 @dataclass
 class Planner:
-    """Decides per case whether to run it, chooses rounds, and extrapolates skipped cases."""
+    """Holds what was measured, predicts and decides cases, and extrapolates the skipped ones."""
 
     cfg: BenchConfig
-    results: list = field(default_factory=list)
+    records: list = field(default_factory=list)
+    speedups: list = field(default_factory=list)
     start: float = field(default_factory=time.perf_counter)
 
-    def measured(self, method: str, model: str) -> list[Result]:
-        return sorted((r for r in self.results if r.method == method and r.model == model and not r.extrapolated
-                       and r.seconds is not None), key=lambda r: r.pixels)
+    def measured(self, case: Case) -> list[Record]:
+        return sorted((r for r in self.records if (r.method, r.mode, r.model) == (case.method, case.mode, case.model)
+                       and not r.extrapolated and r.seconds_median), key=lambda r: r.flops_executed)
 
-    def law(self, method: str, model: str) -> PowerLaw | None:
-        pts = self.measured(method, model)[-self.cfg.fit_points:]
-        if len({p.pixels for p in pts}) < 2:
-            return None
-        return PowerLaw.fit([p.pixels for p in pts], [p.seconds for p in pts])
+    def fit(self, case: Case) -> FlopsFit | None:
+        pts = self.measured(case)
+        if len({p.flops_executed for p in pts}) < 2 or any(p.flops_executed <= 0 for p in pts):
+            return None  # (a step that computes nothing, DiTFastAttn's share_timestep, has no FLOPs to fit on)
+        noise = max((p.seconds_iqr or 0.0) / p.seconds_median for p in pts)
+        return FlopsFit.fit([p.flops_executed for p in pts], [p.seconds_median for p in pts], noise)
 
-    def predict(self, case: Case) -> float | None:
-        """From the fitted law; with one measured size, scaled by the analytic FLOPs ratio; else unknown."""
-        law = self.law(case.method, case.model)
-        if law is not None:
-            return law.predict(case.res.pixels)
-        pts = self.measured(case.method, case.model)
+    def predict(self, case: Case, executed: float) -> float | None:
+        """From the FLOPs fit; with one measured size, scaled by the FLOPs ratio; else unknown."""
+        fit = self.fit(case)
+        if fit is not None:
+            return fit.predict(executed)
+        pts = self.measured(case)
         if not pts:
             return None
         last = pts[-1]
-        f = lambda h, w: flops.method_flops(case.method, case.shape, h, w, self.cfg.batch,  # noqa: E731
-                                            DITFASTATTN_BENCH_MODE).total
-        return last.seconds * f(case.res.height, case.res.width) / f(last.height, last.width)
+        return last.seconds_median * executed / last.flops_executed if last.flops_executed > 0 else last.seconds_median
 
-    def decide(self, case: Case) -> Decision:
+    def decide(self, case: Case, executed: float) -> Decision:
+        if case.mode.endswith("+cfg") and self.cfg.batch % 2:
+            return Decision(False, f"CFG sharing needs an even batch, got batch={self.cfg.batch}")
         need, free = estimate_memory_bytes(case, self.cfg), available_memory_bytes(self.cfg.device)
         if need > self.cfg.mem_fraction * free:
             return Decision(False, f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on "
                                    f"{self.cfg.device.type} (limit {self.cfg.mem_fraction:.0%} of free)")
-        predicted = self.predict(case)
-        if predicted is None:
-            return Decision(True)
-        # A law needs two measured sizes: until a method has them, its cap is three times higher.
-        cap = self.cfg.max_call_s * (1 if len(self.measured(case.method, case.model)) >= 2 else 3)
-        if case.method not in self.cfg.exempt and predicted > cap:
-            return Decision(False, f"predicted {predicted:.3g} s per call > {cap:g} s allowed per call "
-                                   f"(max_call_s={self.cfg.max_call_s:g}) on {self.cfg.device.type}", predicted)
-        left = self.cfg.budget_s - (time.perf_counter() - self.start)
-        if predicted > left:
-            return Decision(False, f"predicted {predicted:.3g} s per call > {max(left, 0):.0f} s left of the "
-                                   f"{self.cfg.budget_s:g} s time budget", predicted)
+        predicted = self.predict(case, executed)
+        if predicted is not None and predicted > self.cfg.max_call_s:
+            return Decision(False, f"predicted {predicted:.3g} s per call > max_call_s={self.cfg.max_call_s:g} s "
+                                   f"(the same cap for every method) on {self.cfg.device.type}", predicted)
         return Decision(True, predicted_s=predicted)
 
-    def rounds(self, predicted_s: float) -> int:
-        return max(1, min(self.cfg.max_rounds, int(self.cfg.target_case_s / max(predicted_s, 1e-9))))
+    def time_left(self) -> float:
+        return self.cfg.budget_s - (time.perf_counter() - self.start)
 
-    def record(self, result: Result) -> None:
-        self.results.append(result)
+    def record_for(self, case: Case, impl: str, executed: float, ideal: float, **kw) -> Record:
+        return Record(method=case.method, model=case.model, resolution=case.res.label, height=case.res.height,
+                      width=case.res.width, dtype=dtype_name(self.cfg.dtype), batch=self.cfg.batch,
+                      implementation=impl, flops_executed=executed, flops_ideal=ideal,
+                      mode=case.mode, **{"seconds_median": None, "seconds_iqr": None, "rounds": 0,
+                                         "processes": 1, "peak_bytes": None, "extrapolated": False, **kw})
 
-    def skipped(self, case: Case, reason: str) -> Result:
-        """The skipped case's result, its time extrapolated when a law can be fitted (else seconds=None)."""
-        law = self.law(case.method, case.model)
-        res = self.new_result(case, seconds=law.predict(case.res.pixels) if law else None, extrapolated=True,
-                              reason=reason if law else f"{reason}; not extrapolated: fewer than 2 measured sizes")
-        res.law = asdict(law) if law else None
-        self.record(res)
-        return res
-
-    def new_result(self, case: Case, **kw) -> Result:
-        h, w = case.tokens
-        gf = flops.method_flops(case.method, case.shape, case.res.height, case.res.width, self.cfg.batch,
-                                DITFASTATTN_BENCH_MODE).total / 1e9
-        return Result(case.method, case.model, case.res.label, case.res.height, case.res.width, h * w, gflops=gf,
-                      **kw)
-
-
-def cases(methods=METHODS, models=MODELS, max_resolution: str = "16K") -> list[Case]:
-    """All cases in run order: ΔConvBlock first, each method's sizes increasing."""
-    top = resolution(max_resolution).pixels
-    return [Case(m, model, r) for m in methods for model in models for r in RESOLUTIONS if r.pixels <= top]
+    def skipped(self, case: Case, impl: str, executed: float, ideal: float, reason: str) -> Record:
+        """The skipped case, its time extrapolated from the FLOPs fit when one exists (else seconds None)."""
+        fit = self.fit(case)
+        rec = self.record_for(case, impl, executed, ideal, extrapolated=fit is not None,
+                              reason=reason if fit else f"{reason}; not extrapolated: fewer than 2 measured sizes")
+        if fit is not None:
+            rec.seconds_median = fit.predict(executed)
+            rec.fit = fit.as_dict(executed)
+        self.records.append(rec)
+        return rec
 
 
-def time_call(call, rounds: int) -> list[float]:
-    out = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        call()
-        out.append(time.perf_counter() - t0)
+def measure_group(group: list[Case], planner: Planner, driver=None) -> list[Record]:
+    """Decide, build and time one (model, resolution) group round-robin; record every case (measured or skipped)
+    and the speedups of ΔConvBlock over each other method from the same rounds. `driver(round_robin, rounds,
+    warmup)` may run the rounds (pytest-benchmark does); by default `interleaved` does."""
+    cfg = planner.cfg
+    out: list[Record] = []
+    impls = {c: _implementation(c, cfg) for c in group}
+    fl = {c: case_flops(c, cfg.batch, impls[c]) for c in group}
+    runnable: dict[Case, float | None] = {}
+    for c in group:
+        d = planner.decide(c, fl[c][0])
+        if d.run:
+            runnable[c] = d.predicted_s
+        else:
+            out.append(planner.skipped(c, impls[c], *fl[c], d.reason))
+    calls_per_case = cfg.rounds + cfg.warmup + 1  # + the peak-memory call
+    while runnable and sum(p or 0.0 for p in runnable.values()) * calls_per_case > planner.time_left():
+        slowest = max(runnable, key=lambda c: runnable[c] or 0.0)
+        left = max(planner.time_left(), 0)
+        out.append(planner.skipped(slowest, impls[slowest], *fl[slowest],
+                                   f"the group would overrun the time budget ({left:.0f} s of {cfg.budget_s:g} s "
+                                   "left)"))
+        del runnable[slowest]
+    if not runnable:
+        return out
+    first = next(iter(runnable))
+    h, w = first.tokens
+    x = torch.empty(cfg.batch, h * w, first.shape.channels, device=cfg.device, dtype=cfg.dtype).uniform_(-1, 1)
+    calls = {c: make_call(c, cfg, x)[0] for c in runnable}
+    rr = RoundRobin({c.name: calls[c] for c in runnable})
+    if driver is None:
+        timings = interleaved(rr.calls, cfg.rounds, cfg.warmup)
+    else:
+        driver(rr, cfg.rounds, cfg.warmup)
+        timings = rr.timings()
+    for c in runnable:
+        with PeakMemory(cfg.device) as mem:
+            calls[c]()
+        t = timings[c.name]
+        rec = planner.record_for(c, impls[c], *fl[c], seconds_median=t.median, seconds_iqr=t.iqr, rounds=t.rounds,
+                                 peak_bytes=mem.peak_bytes, extra={"peak_method": mem.method,
+                                                                   "round_seconds": list(t.seconds)})
+        planner.records.append(rec)
+        out.append(rec)
+    planner.speedups += speedups(group[0].model, group[0].res.label, dtype_name(cfg.dtype), cfg.batch,
+                                 {c.name: (c, timings[c.name]) for c in runnable})
+    del calls, rr, x
+    gc.collect()
     return out
 
 
-def run_case(case: Case, planner: Planner) -> Result:
-    """Plan, time (calibrating first when nothing predicts the time) and record one case: the CLI's loop body."""
-    decision = planner.decide(case)
-    if not decision.run:
-        return planner.skipped(case, decision.reason)
-    call, info = make_call(case, planner.cfg)
-    predicted = decision.predicted_s
-    if predicted is None or predicted < planner.cfg.target_case_s:  # warm up (and calibrate) on fast cases
-        predicted = time_call(call, 1)[0]
-    rounds = planner.rounds(predicted)
-    with PeakMemory(planner.cfg.device) as mem:
-        times = time_call(call, rounds)
-    res = planner.new_result(case, seconds=sum(times) / len(times), extrapolated=False, rounds=rounds,
-                             peak_mem_bytes=mem.peak_bytes, peak_mem_method=mem.method, backend=info["backend"])
-    planner.record(res)
-    return res
+def _implementation(case: Case, cfg: BenchConfig) -> str:
+    """What runs for the case (building the layer is cheap; its input is not built here)."""
+    return build_layer(case.method, case.model, cfg.device, cfg.dtype, case.mode)[1]
 
 
-# ---- output -----------------------------------------------------------------------------------------------
-def format_ms(r: Result) -> str:
-    if r.seconds is None:
-        return "skipped"
-    ms = r.seconds * 1e3
-    text = f"{ms:.4g}"
-    return f"~{text}*" if r.extrapolated else text
+def speedups(model: str, label: str, dtype: str, batch: int, timed: dict) -> list[dict]:
+    """Per other method of one group: median and IQR over rounds of t_method / t_ΔConv in the same round."""
+    dc = next((t for c, t in timed.values() if c.method == "deltaconv"), None)
+    if dc is None:
+        return []
+    out = []
+    for c, t in timed.values():
+        if c.method == "deltaconv":
+            continue
+        ratios = Timing(tuple(a / b for a, b in zip(t.seconds, dc.seconds)))
+        out.append({"model": model, "resolution": label, "dtype": dtype, "batch": batch, "over": c.method,
+                    "mode": c.mode, "speedup_median": ratios.median, "speedup_iqr": ratios.iqr,
+                    "rounds": ratios.rounds, "processes": 1})
+    return out
 
 
-def format_table(results: list[Result], header: str = "") -> str:
-    """Per model: methods x resolutions in ms; `~x*` = extrapolated from the fitted power law."""
-    lines = [header] if header else []
-    labels = [r.label for r in RESOLUTIONS if any(x.label == r.label for x in results)]
-    for model in dict.fromkeys(r.model for r in results):
-        lines.append(f"{model}: latency per call in ms (~x* = extrapolated, power law fitted on measured sizes)")
-        lines.append(f"  {'method':13s} " + " ".join(f"{lab:>11s}" for lab in labels) + "   exponent  backend")
-        for method in dict.fromkeys(r.method for r in results if r.model == model):
-            rows = {r.label: r for r in results if r.model == model and r.method == method}
-            cells = " ".join(f"{format_ms(rows[lab]) if lab in rows else '':>11s}" for lab in labels)
-            exp = _exponent(results, method, model)
-            backend = next((r.backend for r in rows.values() if r.backend), "")
-            lines.append(f"  {method:13s} {cells}   {exp:8s}  {backend}")
-    return "\n".join(lines)
+def schedule_averages(records: list[Record], plan=DITFASTATTN_PLAN) -> list[Record]:
+    """DiTFastAttn's mean step cost over `plan` (and the same plan with the CFG halves shared), per model,
+    resolution, dtype and batch, from its timed step modes. Extrapolated when any mode it uses is."""
+    counts = {m: sum(plan.mode(i) == m for i in range(len(plan))) for m in ("full", "window_residual")}
+    out = []
+    keyf = lambda r: (r.model, r.resolution, r.dtype, r.batch)  # noqa: E731
+    dft = [r for r in records if r.method == "ditfastattn" and r.mode in DITFASTATTN_MODES]
+    for key in dict.fromkeys(keyf(r) for r in dft):
+        modes = {r.mode: r for r in dft if keyf(r) == key}
+        for suffix, label in (("", "schedule avg"), ("+cfg", "schedule avg+cfg")):
+            parts = [(modes.get(m + suffix), n) for m, n in counts.items()]
+            if any(p is None or p.seconds_median is None for p, _ in parts):
+                continue
+            total = sum(n for _, n in parts)
+
+            def avg(attr, parts=parts, total=total):
+                return sum(getattr(p, attr) * n for p, n in parts) / total
+            base = parts[0][0]
+            out.append(dataclasses.replace(
+                base, mode=label,
+                seconds_median=avg("seconds_median"), seconds_iqr=None, rounds=min(p.rounds for p, _ in parts),
+                peak_bytes=max((p.peak_bytes or 0) for p, _ in parts) or None,
+                flops_executed=avg("flops_executed"), flops_ideal=avg("flops_ideal"),
+                extrapolated=any(p.extrapolated for p, _ in parts), fit=None,
+                reason="derived from extrapolated step modes" if any(p.extrapolated for p, _ in parts) else "",
+                extra={"derived_from": {p.mode: n for p, n in parts}}))
+    return out
 
 
-def _exponent(results, method, model, fit_points: int = 3) -> str:
-    pts = sorted((r for r in results if r.method == method and r.model == model and not r.extrapolated
-                  and r.seconds), key=lambda r: r.pixels)[-fit_points:]
-    if len({p.pixels for p in pts}) < 2:
-        return "-"
-    return f"{PowerLaw.fit([p.pixels for p in pts], [p.seconds for p in pts]).exponent:.2f}"
+def run_grid(cfg: BenchConfig, models=MODELS, max_resolution: str = "2K", methods=METHODS, progress=True):
+    """The whole grid in this process: (records incl. DiTFastAttn schedule averages, speedups)."""
+    from tqdm import tqdm
+
+    planner = Planner(cfg)
+    todo = groups(models, max_resolution, methods)
+    bar = tqdm(todo, unit="group", disable=not progress)
+    for group in bar:
+        bar.set_postfix_str(f"{group[0].model} {group[0].res.label}")
+        for rec in measure_group(group, planner):
+            if rec.seconds_median is None or rec.extrapolated:
+                tqdm.write(f"skip {rec.method}[{rec.mode}] {rec.model} {rec.resolution}: {rec.reason}")
+    return planner.records + schedule_averages(planner.records), planner.speedups
 
 
+# ---- several fresh processes ------------------------------------------------------------------------------
+def merge_processes(runs: list[dict]) -> tuple[list[Record], list[dict]]:
+    """Per case, the median of the process medians (their spread in extra); extrapolated cases are re-fitted on the
+    merged measured points; speedups likewise, per (model, resolution, method, mode)."""
+    by_case: dict[tuple, list[Record]] = {}
+    for run in runs:
+        for d in run["results"]:
+            r = Record(**d)
+            by_case.setdefault((r.method, r.mode, r.model, r.resolution, r.dtype, r.batch), []).append(r)
+    merged = []
+    for recs in by_case.values():
+        measured = [r for r in recs if not r.extrapolated and r.seconds_median is not None]
+        base = recs[0]
+        if len(measured) == len(recs):
+            s = spread(r.seconds_median for r in measured)
+            merged.append(dataclasses.replace(
+                base, seconds_median=s["median"], seconds_iqr=statistics.median(r.seconds_iqr or 0 for r in measured),
+                rounds=sum(r.rounds for r in measured), processes=len(measured),
+                peak_bytes=max((r.peak_bytes or 0) for r in measured) or None,
+                extra={"process_medians": [r.seconds_median for r in measured], "spread": s}))
+        else:  # not measured in every process: extrapolated or skipped, re-fitted below
+            merged.append(dataclasses.replace(base, processes=len(recs), seconds_median=None, extrapolated=False,
+                                              fit=None))
+    out = [r for r in merged if r.seconds_median is not None and not r.mode.startswith("schedule")]
+    for r in merged:
+        if r.seconds_median is None:
+            pts = sorted((m for m in out if (m.method, m.mode, m.model, m.dtype, m.batch)
+                          == (r.method, r.mode, r.model, r.dtype, r.batch)), key=lambda m: m.flops_executed)
+            if len({p.flops_executed for p in pts}) >= 2:
+                fit = FlopsFit.fit([p.flops_executed for p in pts], [p.seconds_median for p in pts],
+                                   max((p.seconds_iqr or 0) / p.seconds_median for p in pts))
+                r.seconds_median, r.extrapolated, r.fit = fit.predict(r.flops_executed), True, \
+                    fit.as_dict(r.flops_executed)
+            out.append(r)
+    sp: dict[tuple, list[dict]] = {}
+    for run in runs:
+        for d in run["speedups"]:
+            sp.setdefault((d["model"], d["resolution"], d["dtype"], d["batch"], d["over"], d["mode"]), []).append(d)
+    speeds = []
+    for ds in sp.values():
+        s = spread(d["speedup_median"] for d in ds)
+        speeds.append({**ds[0], "speedup_median": s["median"], "speedup_min": s["min"], "speedup_max": s["max"],
+                       "speedup_iqr": statistics.median(d["speedup_iqr"] for d in ds), "processes": len(ds),
+                       "rounds": sum(d["rounds"] for d in ds)})
+    return out + schedule_averages(out), speeds
+
+
+# ---- environment and JSON ---------------------------------------------------------------------------------
 def environment(cfg: BenchConfig) -> dict:
     dev = torch.cuda.get_device_name(cfg.device) if cfg.device.type == "cuda" else _cpu_name()
-    return {"device": dev, "device_type": cfg.device.type, "dtype": str(cfg.dtype).replace("torch.", ""),
-            "batch": cfg.batch, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "max_call_s": cfg.max_call_s, "budget_s": cfg.budget_s}
+    return {"device": dev, "device_type": cfg.device.type, "dtype": dtype_name(cfg.dtype), "batch": cfg.batch,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "max_call_s": cfg.max_call_s, "budget_s": cfg.budget_s, "rounds": cfg.rounds, "warmup": cfg.warmup}
 
 
 def _cpu_name() -> str:
@@ -386,69 +490,45 @@ def _cpu_name() -> str:
     return f"{name} ({os.cpu_count()} logical CPUs)"
 
 
-def write_json(results: list[Result], cfg: BenchConfig, path: Path, extra: dict | None = None) -> None:
-    data = {"environment": environment(cfg), **(extra or {}), "results": [r.extra_info() for r in results]}
-    path.write_text(json.dumps(data, indent=2))
+def write_json(path: Path, env: dict, records: list[Record], speeds: list[dict], extra: dict | None = None) -> None:
+    from deltaconv_kernels.fileio import atomic_write
+
+    data = {"environment": env, **(extra or {}), "results": [dataclasses.asdict(r) for r in records],
+            "speedups": speeds}
+    payload = json.dumps(data, indent=2).encode()
+    atomic_write(path, lambda f: f.write(payload))
 
 
-def plot(results: list[Result], path: Path, title: str = "") -> None:
-    """Log-log latency vs pixels, one panel per model, one colour per method: measured points filled with solid
-    lines, extrapolated ones hollow with dashed lines; the legend gives the fitted exponent."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(dict.fromkeys(r.model for r in results))
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        for i, method in enumerate(dict.fromkeys(r.method for r in results if r.model == model)):
-            rows = sorted((r for r in results if r.model == model and r.method == method and r.seconds),
-                          key=lambda r: r.pixels)
-            meas = [r for r in rows if not r.extrapolated]
-            extr = [r for r in rows if r.extrapolated]
-            color = f"C{i}"
-            label = f"{method} (exponent {_exponent(results, method, model)})"
-            if meas:
-                ax.plot([r.pixels for r in meas], [r.seconds * 1e3 for r in meas], "o-", color=color, label=label)
-            if extr:
-                chain = meas[-1:] + extr
-                ax.plot([r.pixels for r in chain], [r.seconds * 1e3 for r in chain], "--", color=color,
-                        label=None if meas else label)
-                ax.plot([r.pixels for r in extr], [r.seconds * 1e3 for r in extr], "o", mfc="none", color=color)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks([r.pixels for r in RESOLUTIONS], [r.label for r in RESOLUTIONS])
-        ax.minorticks_off()
-        ax.set_xlabel("image resolution (pixels, log scale)")
-        ax.set_ylabel("latency per layer call (ms)")
-        ax.set_title(f"{model} self-attention layer shape" + (f" — {title}" if title else ""))
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8, title="filled/solid: measured; hollow/dashed: extrapolated", title_fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def read_json(path: Path) -> tuple[dict, list[Record], list[dict]]:
+    data = json.loads(Path(path).read_text())
+    return data["environment"], [Record(**d) for d in data["results"]], data["speedups"]
 
 
 # ---- the `deltaconv bench` subcommand ---------------------------------------------------------------------
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="default fp16 on cuda, fp32 on cpu")
-    parser.add_argument("--batch", type=int, default=None, help="default 2 (CFG) on cuda, 1 on cpu")
-    parser.add_argument("--max-resolution", default="16K", help=f"one of {[r.label for r in RESOLUTIONS]}")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default fp16 on cuda, fp32 on cpu")
+    parser.add_argument("--batch", type=int, default=2, help="batch size (default 2: classifier-free guidance)")
+    parser.add_argument("--max-resolution", default="2K", help=f"one of {[r.label for r in RESOLUTIONS]}")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
-    parser.add_argument("--models", default=",".join(MODELS),
-                        help=f"comma-separated subset of {tuple(flops.LAYER_SHAPES)}")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {tuple(SHAPES)}")
     parser.add_argument("--out", default="bench_out", help="directory for bench.json and latency.png")
-    parser.add_argument("--time-budget", type=float, default=600.0, help="seconds for the whole run")
+    parser.add_argument("--time-budget", type=float, default=900.0, help="seconds for the whole run (per process)")
     parser.add_argument("--max-call", type=float, default=None,
-                        help="longest predicted time (s) of one baseline call before its size is extrapolated "
-                             "instead (default 6 on cpu, 2 on cuda)")
+                        help="longest predicted time (s) of one call, the same for every method, before a case is "
+                             "skipped and extrapolated instead (default 6 on cpu, 2 on cuda)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed round-robin rounds per group (>= 5)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="repeat the grid in this many fresh processes and report the median of their medians")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="time whole denoiser steps, one layer's forward+backward and torch.compile instead "
+                             "of the layer grid (deltaconv_kernels.bench_e2e)")
+    try:
+        from deltaconv_kernels import bench_e2e
+    except ImportError:  # the end-to-end module is optional at import time of the grid
+        return
+    bench_e2e.add_arguments(parser)
 
 
 def _split(text: str, allowed, what: str) -> list[str]:
@@ -460,36 +540,50 @@ def _split(text: str, allowed, what: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from deltaconv_kernels import bench_report
     from deltaconv_kernels.cli import check_at_least, check_device, check_output_dir, check_positive
 
+    if args.end_to_end:
+        from deltaconv_kernels import bench_e2e
+
+        return bench_e2e.run(args)
     methods = _split(args.methods, METHODS, "methods")
-    models = _split(args.models, flops.LAYER_SHAPES, "models")
+    models = _split(args.models, SHAPES, "models")
     device = check_device(args.device)
     check_at_least(args.batch, 1, "--batch")
+    check_at_least(args.rounds, 5, "--rounds")
+    check_at_least(args.processes, 1, "--processes")
     check_positive(args.time_budget, "--time-budget")
     check_positive(args.max_call, "--max-call")
     resolution(args.max_resolution)
     out = check_output_dir(args.out, "--out")
+    kw = {"max_call_s": args.max_call} if args.max_call else {}
     cfg = BenchConfig.for_device(device, DTYPES[args.dtype] if args.dtype else None, args.batch,
-                                 budget_s=args.time_budget,
-                                 max_call_s=args.max_call or (2.0 if device.type == "cuda" else 6.0))
-    planner = Planner(cfg)
-    todo = cases([m for m in METHODS if m in methods], models, args.max_resolution)
-    bar = tqdm(todo, unit="case")
-    for case in bar:
-        bar.set_postfix_str(case.name)
-        res = run_case(case, planner)
-        if res.extrapolated:
-            tqdm.write(f"skip {case.name}: {res.reason}")
+                                 budget_s=args.time_budget, rounds=args.rounds, **kw)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(cfg)
-    header = (f"device={env['device']} dtype={env['dtype']} batch={cfg.batch} threads={env['threads']} "
-              f"torch={env['torch']}")
-    print(format_table(planner.results, header))
-    print(flops.format_table1())
-    write_json(planner.results, cfg, out / "bench.json")
-    plot(planner.results, out / "latency.png", f"{env['device_type']} {env['dtype']} B={cfg.batch}")
+    if args.processes > 1:
+        runs = [_run_fresh_process(args, out / f"process-{i}", i, args.processes) for i in range(args.processes)]
+        records, speeds = merge_processes(runs)
+        env["processes"] = args.processes
+    else:
+        records, speeds = run_grid(cfg, models, args.max_resolution, methods)
+    command = "deltaconv bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "deltaconv bench"
+    write_json(out / "bench.json", env, records, speeds, {"command": command})
+    bench_report.plot(records, out / "latency.png", f"{env['device_type']} {env['dtype']} B={cfg.batch}")
+    print(bench_report.format_text(records, speeds, env))
     print(f"wrote {out / 'bench.json'} and {out / 'latency.png'}")
     return 0
+
+
+def _run_fresh_process(args, out: Path, i: int, n: int) -> dict:
+    argv = [sys.executable, "-m", "deltaconv_kernels.cli", "bench", "--device", args.device, "--batch",
+            str(args.batch), "--max-resolution", args.max_resolution, "--methods", args.methods, "--models",
+            args.models, "--out", str(out), "--time-budget", str(args.time_budget), "--rounds", str(args.rounds)]
+    argv += ["--dtype", args.dtype] if args.dtype else []
+    argv += ["--max-call", str(args.max_call)] if args.max_call else []
+    print(f"[bench] process {i + 1}/{n}: {' '.join(argv[1:])}", flush=True)
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise OSError(f"the benchmark process {i + 1}/{n} failed with exit code {proc.returncode}")
+    return json.loads((out / "bench.json").read_text())

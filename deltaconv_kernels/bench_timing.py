@@ -44,6 +44,27 @@ class Timing:
         return q3 - q1
 
 
+class RoundRobin:
+    """One call of each callable per `round()`, timed one by one: the unit `interleaved` repeats (and that a
+    driver such as pytest-benchmark's pedantic mode can repeat instead)."""
+
+    def __init__(self, calls: dict[str, Callable[[], object]]):
+        if not calls:
+            raise ValueError("calls must name at least one callable")
+        self.calls = dict(calls)
+        self.times: dict[str, list[float]] = {name: [] for name in self.calls}
+
+    def round(self, record: bool = True) -> None:
+        for name, f in self.calls.items():
+            t0 = time.perf_counter()
+            f()
+            if record:
+                self.times[name].append(time.perf_counter() - t0)
+
+    def timings(self) -> dict[str, Timing]:
+        return {name: Timing(tuple(ts)) for name, ts in self.times.items()}
+
+
 def interleaved(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, Timing]:
     """Time each callable `rounds` times, round-robin, after `warmup` untimed round-robin calls of each. The
     callables must synchronise their device themselves (see `synchronizer`)."""
@@ -51,18 +72,12 @@ def interleaved(calls: dict[str, Callable[[], object]], rounds: int, warmup: int
         raise ValueError(f"rounds must be a positive int, got {rounds!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
-    if not calls:
-        raise ValueError("calls must name at least one callable")
+    rr = RoundRobin(calls)
     for _ in range(warmup):
-        for f in calls.values():
-            f()
-    times: dict[str, list[float]] = {name: [] for name in calls}
+        rr.round(record=False)
     for _ in range(rounds):
-        for name, f in calls.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t0)
-    return {name: Timing(tuple(ts)) for name, ts in times.items()}
+        rr.round()
+    return rr.timings()
 
 
 def synchronizer(device: torch.device) -> Callable[[], None]:
