@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from deltaconv_kernels import DeltaConvBlock, available_backends
 from deltaconv_kernels.baselines.sdpa import SDPASelfAttention
+from deltaconv_kernels.bench_timing import interleaved
 
 CPU = available_backends()["cpu"]
 pytestmark = pytest.mark.skipif(not CPU.available, reason=f"cpu backend unavailable: {CPU.reason}")
@@ -80,16 +81,8 @@ def _gemms_call(shape: str, dtype: torch.dtype):
 
 
 def _alternate(calls: dict, rounds: int) -> dict:
-    """Minimum seconds per call of each callable, timed in alternation so load drift hits all of them alike."""
-    for f in calls.values():
-        f()  # warm-up
-    times = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, f in calls.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t0)
-    return {name: min(ts) for name, ts in times.items()}
+    """Minimum seconds per call of each callable, timed round-robin so load drift hits all of them alike."""
+    return {name: min(t.seconds) for name, t in interleaved(calls, rounds).items()}
 
 
 def _alternate_cpu_time(calls: dict, rounds: int) -> dict:
@@ -97,17 +90,10 @@ def _alternate_cpu_time(calls: dict, rounds: int) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for f in calls.values():
-            f()
-        times = {name: [] for name in calls}
-        for _ in range(rounds):
-            for name, f in calls.items():
-                t0 = time.process_time()
-                f()
-                times[name].append(time.process_time() - t0)
+        timings = interleaved(calls, rounds, clock=time.process_time)
     finally:
         torch.set_num_threads(threads)
-    return {name: min(ts) for name, ts in times.items()}
+    return {name: min(t.seconds) for name, t in timings.items()}
 
 
 def _record(shape: str, dtype: str, **values) -> None:
