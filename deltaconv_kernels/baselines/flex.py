@@ -145,12 +145,16 @@ _COMPILED = None
 
 
 def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float | None = None):
-    """Compiled flex_attention on `[B, heads, N, d]`. Raises (saying why) where it cannot run, and when dynamo
-    would give up compiling a new shape rather than fall back to the eager (dense) flex_attention."""
+    """Compiled flex_attention on `[B, heads, N, d]`. Raises (saying why) where it cannot run (also: this torch's
+    CPU flex_attention has no backward), and when dynamo would give up compiling a new shape rather than fall back
+    to the eager (dense) flex_attention."""
     global _COMPILED
     reason = flex_status(q.device)
     if reason is not None:
         raise RuntimeError(f"flex_attention cannot run on {q.device}: {reason}")
+    if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise RuntimeError(f"torch {torch.__version__}'s flex_attention has no backward on the CPU: run the flex "
+                           "path under torch.no_grad() / torch.inference_mode(), or use the 'reference' implementation")
     from torch import _dynamo
 
     if _COMPILED is None:
