@@ -202,6 +202,15 @@ def test_flex_attend_refuses_a_device_it_cannot_run_on(monkeypatch):
         flex.flex_attend(q, q, q, flex.band_block_mask(4, 1))
 
 
+@needs_flex
+def test_flex_refuses_to_run_eagerly_past_the_recompile_limit(gen, monkeypatch):
+    q, k, v = (t.float() for t in qkv(1, 2, 50, 8, gen))  # the shape of a case above: compiled once
+    flex.flex_attend(q, k, v, flex.band_block_mask(50, 100))
+    monkeypatch.setattr(flex, "RECOMPILE_LIMIT", 1)
+    with pytest.raises(RuntimeError, match="compiled for 1 shapes in this process already"):
+        flex.flex_attend(q[..., :23, :], k[..., :23, :], v[..., :23, :], flex.band_block_mask(23, 3))
+
+
 def test_flex_on_the_cpu_refuses_gradients_clearly():
     layer = baselines.NeighborhoodAttention(8, 2, kernel_size=3, impl="flex")
     with pytest.raises(RuntimeError, match="no backward on the CPU.*torch.no_grad"):

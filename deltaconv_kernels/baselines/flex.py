@@ -161,5 +161,10 @@ def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, s
         from torch.nn.attention.flex_attention import flex_attention
 
         _COMPILED = torch.compile(flex_attention, dynamic=False)
-    with _dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
-        return _COMPILED(q, k, v, block_mask=block_mask, scale=scale)
+    try:
+        with _dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
+            return _COMPILED(q, k, v, block_mask=block_mask, scale=scale)
+    except _dynamo.exc.FailOnRecompileLimitHit as e:
+        raise RuntimeError(f"flex_attention was compiled for {RECOMPILE_LIMIT} shapes in this process already "
+                           "(raise baselines.flex.RECOMPILE_LIMIT); not running it eagerly, which would build the "
+                           "dense N x N scores") from e
