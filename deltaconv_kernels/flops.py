@@ -7,8 +7,11 @@
 
 Every count is a `Flops` breakdown (linear / attention / conv / bias) so that the parts
 `torch.utils.flop_counter.FlopCounterMode` can see are checked separately (tests/test_flops.py).
-`python -m deltaconv_kernels.flops` prints the paper's Table 1 next to ours. Imports from the package only the
-torch-free `geometry.pooled_size` (a stage's pooled size) and `ditfastattn_schedule` (DiTFastAttn's plan).
+`method_flops` is the ideal count (each query against exactly its window); `executed_flops` what an implementation
+computes: the windowed baselines' tiled references and flex_attention block masks compute more pairs
+(`window_blocks` has their geometry). `python -m deltaconv_kernels.flops` prints the paper's Table 1 next to ours.
+Imports from the package only torch-free modules: `geometry.pooled_size` (a stage's pooled size),
+`ditfastattn_schedule` (DiTFastAttn's plan) and `window_blocks` (the windowed implementations' pairs).
 """
 
 from __future__ import annotations
@@ -19,6 +22,15 @@ from dataclasses import dataclass, fields
 
 from deltaconv_kernels.ditfastattn_schedule import PUBLISHED_WINDOW, DiTFastAttnSchedule, window_half_width
 from deltaconv_kernels.geometry import pooled_size
+from deltaconv_kernels.window_blocks import (
+    BAND_IMPLS,
+    NEIGHBORHOOD_IMPLS,
+    band_flex_blocks,
+    band_reference_pairs,
+    flex_block_pairs,
+    neighborhood_flex_blocks,
+    neighborhood_reference_pairs,
+)
 
 METHODS = ("deltaconv", "sdpa", "neighborhood", "ditfastattn", "linfusion", "mediator")
 
@@ -88,11 +100,29 @@ def window_keys(length: int, kernel_size: int) -> int:
     return min(kernel_size, length)
 
 
-def neighborhood(h: int, w: int, c: int, kernel_size: int, batch: int = 2) -> Flops:
-    """Neighborhood attention: each query attends to min(K,H) x min(K,W) keys."""
+def _check_impl(impl, impls, arg: str) -> None:
+    if impl is not None and impl not in impls:
+        raise ValueError(f"{arg} must be one of {impls} or None (the ideal count), got {impl!r}")
+
+
+def neighborhood_pairs(h: int, w: int, kernel_size: int, impl: str | None = None) -> int:
+    """(query, key) pairs of neighborhood attention over an h x w map, per head and sample: ideal (impl None:
+    min(K,H) x min(K,W) keys per query), or those `impl` computes: "natten" the ideal (its fused kernels' tile
+    padding not counted), "reference" every query tile (padded queries included) against its (tile + K - 1)^2
+    key span, "flex" every listed flex_attention block whole (`window_blocks`)."""
+    _check_impl(impl, NEIGHBORHOOD_IMPLS, "impl")
+    if impl == "reference":
+        return neighborhood_reference_pairs(h, w, kernel_size)
+    if impl == "flex":
+        return flex_block_pairs(neighborhood_flex_blocks(h, w, kernel_size), h * w)
+    return h * w * window_keys(h, kernel_size) * window_keys(w, kernel_size)
+
+
+def neighborhood(h: int, w: int, c: int, kernel_size: int, batch: int = 2, impl: str | None = None) -> Flops:
+    """Neighborhood attention: each query attends to min(K,H) x min(K,W) keys (ideal, impl None), or the pairs
+    `impl` computes (`neighborhood_pairs`)."""
     n = h * w
-    keys = window_keys(h, kernel_size) * window_keys(w, kernel_size)
-    return (_projections(n, c) + Flops(attention=4 * n * keys * c)) * batch
+    return (_projections(n, c) + Flops(attention=4 * neighborhood_pairs(h, w, kernel_size, impl) * c)) * batch
 
 
 def band_pairs(n: int, half_width: int) -> int:
@@ -101,9 +131,22 @@ def band_pairs(n: int, half_width: int) -> int:
     return n * (2 * w + 1) - w * (w + 1)
 
 
-def _ditfastattn_costs(n: int, c: int, window) -> tuple[dict, Flops]:
-    """Per-mode FLOPs of one DiTFastAttn step for one sample, and the extra window pass of a residual."""
-    win = Flops(attention=4 * band_pairs(n, window_half_width(n, window)) * c)
+def window_pairs(n: int, half_width: int, impl: str | None = None) -> int:
+    """(query, key) pairs of DiTFastAttn's window pass over n tokens: ideal (impl None, `band_pairs`), or those
+    `impl` computes: "reference" each query block against its key span (all n^2 when the band covers every
+    pair), "flex" every listed flex_attention block whole."""
+    _check_impl(impl, BAND_IMPLS, "window_impl")
+    if impl == "reference":
+        return band_reference_pairs(n, half_width)
+    if impl == "flex":
+        return flex_block_pairs(band_flex_blocks(n, half_width), n)
+    return band_pairs(n, half_width)
+
+
+def _ditfastattn_costs(n: int, c: int, window, window_impl: str | None = None) -> tuple[dict, Flops]:
+    """Per-mode FLOPs of one DiTFastAttn step for one sample, and the extra window pass of a residual (ideal, or
+    as `window_impl` computes it)."""
+    win = Flops(attention=4 * window_pairs(n, window_half_width(n, window), window_impl) * c)
     per_mode = {
         "full": _projections(n, c) + Flops(attention=4 * n * n * c),
         "window_residual": _projections(n, c) + win,
@@ -113,25 +156,27 @@ def _ditfastattn_costs(n: int, c: int, window) -> tuple[dict, Flops]:
 
 
 def ditfastattn_step(h: int, w: int, c: int, mode: str, window: float | int = PUBLISHED_WINDOW,
-                     batch: int = 2) -> Flops:
+                     batch: int = 2, window_impl: str | None = None) -> Flops:
     """FLOPs of one DiTFastAttn-style step in `mode` ("full" without the residual pass, "window_residual",
-    "share_timestep"), the CFG halves not shared: what the latency benchmark times for its compressed step."""
-    per_mode, _ = _ditfastattn_costs(h * w, c, window)
+    "share_timestep"), the CFG halves not shared: what the latency benchmark times for its compressed step.
+    `window_impl`: None for the ideal window pass, else as that implementation computes it (`window_pairs`)."""
+    per_mode, _ = _ditfastattn_costs(h * w, c, window, window_impl)
     if mode not in per_mode:
         raise ValueError(f"mode must be one of {sorted(per_mode)}, got {mode!r}")
     return per_mode[mode] * batch
 
 
 def ditfastattn(h: int, w: int, c: int, modes=None, window: float | int = PUBLISHED_WINDOW, cfg_share=None,
-                batch: int = 2) -> Flops:
+                batch: int = 2, window_impl: str | None = None) -> Flops:
     """Mean per-step FLOPs of DiTFastAttn-style attention over a plan of modes (see ditfastattn_schedule):
     "full" = full attention, plus the window pass for the residual only when a window step follows before the
     next full step (as the layer does), "window_residual" = projections + window attention, "share_timestep" =
     nothing. CFG sharing halves the batch of that step. `window`: tokens (64, as published) or a fraction of N.
-    Default plan: our periodic heuristic, 20 steps with a full step every 5 (`DiTFastAttnSchedule.periodic`)."""
+    Default plan: our periodic heuristic, 20 steps with a full step every 5 (`DiTFastAttnSchedule.periodic`).
+    `window_impl`: None for the ideal window passes, else as that implementation computes them."""
     modes = DiTFastAttnSchedule.periodic(20, 5).modes if modes is None else modes
     plan = DiTFastAttnSchedule(modes, cfg_share)
-    per_mode, win = _ditfastattn_costs(h * w, c, window)
+    per_mode, win = _ditfastattn_costs(h * w, c, window, window_impl)
     total = Flops()
     for step in range(len(plan)):
         cost = per_mode[plan.mode(step)] + (win if plan.needs_residual(step) else Flops())
@@ -169,9 +214,26 @@ def deltaconv(h: int, w: int, c: int, kernel_size: int, scales=(1.0, 0.5), inter
 
 def method_flops(method: str, shape: LayerShape, height: int, width: int, batch: int = 2,
                  ditfastattn_mode: str | None = None) -> Flops:
-    """FLOPs of `method` at an image of height x width pixels for `shape` with the baselines' defaults
+    """Ideal FLOPs of `method` at an image of height x width pixels for `shape` with the baselines' defaults
     (neighborhood window = the layer's ΔConvBlock K, 64 mediators, DiTFastAttn averaged over its 20-step periodic
     schedule, or one step in `ditfastattn_mode`)."""
+    return _method_flops(method, shape, height, width, batch, ditfastattn_mode, None)
+
+
+def executed_flops(method: str, shape: LayerShape, height: int, width: int, batch: int = 2, impl: str | None = None,
+                   ditfastattn_mode: str | None = None) -> Flops:
+    """The FLOPs `method` executes in implementation `impl` (same conventions and defaults as `method_flops`):
+    for "neighborhood" impl is one of NEIGHBORHOOD_IMPLS (the layer's `.impl`), for "ditfastattn" one of
+    BAND_IMPLS (the layer's `.window_impl`), both required; for the other methods executed == ideal and impl is
+    not used (any implementation label, e.g. a ΔConv backend, is accepted)."""
+    if method in ("neighborhood", "ditfastattn") and impl is None:
+        allowed = NEIGHBORHOOD_IMPLS if method == "neighborhood" else BAND_IMPLS
+        raise ValueError(f"impl must name the {method} implementation, one of {allowed}, got None")
+    return _method_flops(method, shape, height, width, batch, ditfastattn_mode,
+                         impl if method in ("neighborhood", "ditfastattn") else None)
+
+
+def _method_flops(method, shape, height, width, batch, ditfastattn_mode, impl) -> Flops:
     h, w = shape.tokens(height, width)
     c = shape.channels
     if method == "deltaconv":
@@ -179,11 +241,11 @@ def method_flops(method: str, shape: LayerShape, height: int, width: int, batch:
     if method == "sdpa":
         return sdpa(h, w, c, batch)
     if method == "neighborhood":
-        return neighborhood(h, w, c, shape.kernel_size, batch)
+        return neighborhood(h, w, c, shape.kernel_size, batch, impl)
     if method == "ditfastattn":
         if ditfastattn_mode is not None:
-            return ditfastattn_step(h, w, c, ditfastattn_mode, batch=batch)
-        return ditfastattn(h, w, c, batch=batch)
+            return ditfastattn_step(h, w, c, ditfastattn_mode, batch=batch, window_impl=impl)
+        return ditfastattn(h, w, c, batch=batch, window_impl=impl)
     if method == "linfusion":
         return linfusion(h, w, c, shape.heads, batch)
     if method == "mediator":

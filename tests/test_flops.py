@@ -137,3 +137,101 @@ def test_ditfastattn_single_step_as_the_benchmark_times_it():
     assert flops.ditfastattn_step(h, w, c, "share_timestep").total == 0
     with pytest.raises(ValueError, match="mode must be one of"):
         flops.ditfastattn_step(h, w, c, "window")
+
+
+# ---- executed FLOPs: the pairs each implementation computes, counted by brute force ------------------------------
+def _sdpa_pairs(monkeypatch, module):
+    """Record the (query, key) pairs of every SDPA call `module` makes (a boolean mask does not skip any)."""
+    calls = []
+    real = module.F.scaled_dot_product_attention
+
+    def counting(q, k, v, **kw):
+        calls.append(q.shape[:-1].numel() * k.shape[-2])
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(module.F, "scaled_dot_product_attention", counting)
+    return calls
+
+
+def _ideal_window_pairs(h, w, k):
+    """Allowed (query, key) pairs of the K x K window with borders shifted inward, by enumeration."""
+    start = lambda i, n: min(max(i - k // 2, 0), max(n - k, 0))  # noqa: E731
+    return sum(start(i, h) <= r < start(i, h) + k and start(j, w) <= c < start(j, w) + k
+               for i in range(h) for j in range(w) for r in range(h) for c in range(w))
+
+
+def _dense_block_pairs(mask_mod, n, block=128):
+    """Pairs in the blocks create_block_mask lists (dense mask), each block whole, cut at the sequence end."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dense = create_block_mask(mask_mod, None, None, n, n, device="cpu", BLOCK_SIZE=block).to_dense()[0, 0]
+    size = lambda i: min(block, n - i * block)  # noqa: E731
+    return sum(size(qb) * size(kb) for qb, kb in torch.nonzero(dense).tolist())
+
+
+@pytest.mark.parametrize("h,w,k", [(6, 10, 3), (13, 9, 13), (1, 40, 5), (17, 23, 7), (3, 200, 5), (20, 30, 25)])
+def test_neighborhood_executed_pairs_by_brute_force(monkeypatch, h, w, k):
+    from deltaconv_kernels.baselines import flex, neighborhood
+
+    assert flops.neighborhood_pairs(h, w, k) == flops.neighborhood_pairs(h, w, k, "natten") == \
+        _ideal_window_pairs(h, w, k)
+    calls = _sdpa_pairs(monkeypatch, neighborhood)
+    q = torch.zeros(2, 3, h * w, 4)
+    neighborhood.neighborhood_attention(q, q, q, (h, w), k, chunk_bytes=1)  # one tile band per SDPA call
+    assert flops.neighborhood_pairs(h, w, k, "reference") == sum(calls) // (2 * 3)
+    assert flops.neighborhood_pairs(h, w, k, "flex") == _dense_block_pairs(flex.neighborhood_mask_mod(h, w, k), h * w)
+
+
+@pytest.mark.parametrize("n,half_width", [(23, 3), (300, 64), (1000, 64), (700, 512), (50, 100), (200, 0)])
+def test_window_executed_pairs_by_brute_force(monkeypatch, n, half_width):
+    from deltaconv_kernels.baselines import ditfastattn, flex
+
+    calls = _sdpa_pairs(monkeypatch, ditfastattn)
+    q = torch.zeros(2, 3, n, 4)
+    ditfastattn.window_attention_1d(q, q, q, half_width)
+    assert flops.window_pairs(n, half_width, "reference") == sum(calls) // (2 * 3)
+    assert flops.window_pairs(n, half_width, "flex") == _dense_block_pairs(flex.band_mask_mod(half_width), n)
+    assert flops.window_pairs(n, half_width) == flops.band_pairs(n, half_width)
+
+
+@pytest.mark.parametrize("model", ["pixart", "sd15"])
+@pytest.mark.parametrize("size", [(512, 512), (1024, 1024), (2160, 3840), (1440, 2560)])
+def test_executed_at_least_ideal_and_equal_where_nothing_is_padded(model, size):
+    shape = flops.LAYER_SHAPES[model]
+    for impl in ("natten", "flex", "reference"):
+        ideal = flops.method_flops("neighborhood", shape, *size)
+        executed = flops.executed_flops("neighborhood", shape, *size, impl=impl)
+        assert executed.attention >= ideal.attention and executed.linear == ideal.linear
+        assert (executed == ideal) == (impl == "natten")
+    for impl in ("flex", "reference"):
+        for mode in ("window_residual", None):
+            ideal = flops.method_flops("ditfastattn", shape, *size, ditfastattn_mode=mode)
+            executed = flops.executed_flops("ditfastattn", shape, *size, impl=impl, ditfastattn_mode=mode)
+            assert executed.attention > ideal.attention and executed.linear == ideal.linear
+        full = dict(ditfastattn_mode="full")
+        assert flops.executed_flops("ditfastattn", shape, *size, impl=impl, **full) == \
+            flops.method_flops("ditfastattn", shape, *size, **full)  # full attention, no window pass
+    for method in ("sdpa", "linfusion", "mediator", "deltaconv"):
+        ideal = flops.method_flops(method, shape, *size)
+        assert flops.executed_flops(method, shape, *size, impl="any backend") == ideal
+
+
+def test_executed_window_step_counts_the_timed_window_pass():
+    h, w = flops.PIXART.tokens(1024, 1024)
+    c, n = flops.PIXART.channels, h * w
+    step = flops.executed_flops("ditfastattn", flops.PIXART, 1024, 1024, impl="reference",
+                                ditfastattn_mode="window_residual")
+    assert step.attention == 2 * 4 * c * flops.window_pairs(n, 64, "reference")  # batch 2, w = 64 tokens
+    # the reference: blocks of 64 queries against up to 64 + 2 * 64 keys, ~1.5x the band
+    assert 1.45 < flops.window_pairs(n, 64, "reference") / flops.band_pairs(n, 64) < 1.5
+
+
+def test_executed_flops_errors():
+    with pytest.raises(ValueError, match="impl must name the neighborhood implementation"):
+        flops.executed_flops("neighborhood", flops.PIXART, 512, 512)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        flops.executed_flops("neighborhood", flops.PIXART, 512, 512, impl="triton")
+    with pytest.raises(ValueError, match="window_impl must be one of"):
+        flops.executed_flops("ditfastattn", flops.PIXART, 512, 512, impl="natten")
+    with pytest.raises(ValueError, match="method must be one of"):
+        flops.executed_flops("flash", flops.PIXART, 512, 512, impl="flex")

@@ -14,8 +14,31 @@ self-attention layers: `encoder_hidden_states` and `attention_mask` must be None
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+
+def select_impl(requested: str | None, statuses: dict[str, Callable[[], str | None]],
+                arg: str = "impl") -> tuple[str, dict[str, str]]:
+    """The implementation to run: `requested`, or else the first usable one of `statuses` (in order; each maps a
+    name to a check returning None when usable, else why not). Returns (name, {skipped name: reason}). Raises,
+    naming `arg`, for an unknown name or a forced one that cannot run."""
+    if requested is not None:
+        if requested not in statuses:
+            raise ValueError(f"{arg} must be one of {tuple(statuses)} or None, got {requested!r}")
+        reason = statuses[requested]()
+        if reason is not None:
+            raise RuntimeError(f"{arg}={requested!r} was forced but {reason}")
+        return requested, {}
+    skipped = {}
+    for name, status in statuses.items():
+        reason = status()
+        if reason is None:
+            return name, skipped
+        skipped[name] = reason
+    raise RuntimeError(f"no {arg} can run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
 
 
 class AttentionBaseline(nn.Module):

@@ -12,9 +12,12 @@ is computed and copied. Which half that is depends on the pipeline: DiT orders t
 
 The window is a band over the flattened token sequence, query i sees keys |i - j| <= w, with w a token count as
 in the published scripts (64 by default; they also use 512); a float is our option, a fraction of N (0.125:
-N/8). It runs in query blocks with a band mask, so memory is O(N * w), not O(N^2). Caches are stored at full
-batch size, pre out-projection for the residual. Without a plan the layer runs our periodic heuristic (a full
-step every `full_every`), sized to the scheduler's steps at the start of each generation.
+N/8). `window_impl` picks how it runs (`.window_impl`; None: the first that can run, the skipped ones' reasons in
+`.window_impl_reasons`; flex first, except on the CPU): "flex", compiled flex_attention with the band's block
+mask (baselines/flex.py), or "reference", SDPA over query blocks with a band mask; both in O(N * w) memory.
+Caches are stored at full batch size, pre out-projection for the residual. Without a plan the layer runs our
+periodic heuristic (a full step every `full_every`), sized to the scheduler's steps at the start of each
+generation.
 """
 
 from __future__ import annotations
@@ -22,31 +25,44 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deltaconv_kernels.baselines.base import AttentionBaseline
+from deltaconv_kernels.baselines import flex
+from deltaconv_kernels.baselines.base import AttentionBaseline, select_impl
 from deltaconv_kernels.ditfastattn_schedule import (
     MODES,
     PUBLISHED_WINDOW,
     DiTFastAttnSchedule,
     window_half_width,
 )
+from deltaconv_kernels.window_blocks import BAND_IMPLS, band_covers_all, band_reference_spans
 
-__all__ = ["MODES", "COND_HALVES", "DiTFastAttnAttention", "DiTFastAttnSchedule", "window_attention_1d",
-           "window_half_width"]
+__all__ = ["MODES", "COND_HALVES", "WINDOW_IMPLS", "DiTFastAttnAttention", "DiTFastAttnSchedule",
+           "window_attention_1d", "window_half_width"]
 
 COND_HALVES = ("first", "second")  # where the conditional half of a CFG batch is
+WINDOW_IMPLS = BAND_IMPLS  # in the order window_impl=None tries them
+
+
+def window_impl_statuses(device="cpu") -> dict:
+    """Each window implementation's availability check on `device`, in the order `window_impl=None` tries them
+    there (`flex.preferred_order`: the reference first on the CPU)."""
+    checks = {"flex": lambda: flex.flex_status(device), "reference": lambda: None}
+    return {name: checks[name] for name in flex.preferred_order(WINDOW_IMPLS, device)}
 
 
 def window_attention_1d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, half_width: int,
-                        block: int | None = None) -> torch.Tensor:
-    """Attention of each query i to keys |i - j| <= half_width, on `[B, heads, N, d]`, in query blocks."""
+                        block: int | None = None, impl: str = "reference") -> torch.Tensor:
+    """Attention of each query i to keys |i - j| <= half_width, on `[B, heads, N, d]`: "reference" runs SDPA in
+    query blocks of `block` (default max(64, w)) against their key spans with a band mask; "flex" runs compiled
+    flex_attention with the band's block mask (`block` does not apply)."""
     n = q.shape[-2]
-    if half_width >= n - 1:
+    if impl == "flex":
+        return flex.flex_attend(q, k, v, flex.band_block_mask(n, half_width, q.device))
+    if impl != "reference":
+        raise ValueError(f"impl must be one of {WINDOW_IMPLS}, got {impl!r}")
+    if band_covers_all(n, half_width):
         return F.scaled_dot_product_attention(q, k, v)
-    block = block or max(64, half_width)
     out = torch.empty_like(q)
-    for q0 in range(0, n, block):
-        q1 = min(n, q0 + block)
-        k0, k1 = max(0, q0 - half_width), min(n, q1 + half_width)
+    for q0, q1, k0, k1 in band_reference_spans(n, half_width, block):
         qi = torch.arange(q0, q1, device=q.device)[:, None]
         kj = torch.arange(k0, k1, device=q.device)[None, :]
         mask = (qi - kj).abs() <= half_width
@@ -64,8 +80,11 @@ class DiTFastAttnAttention(AttentionBaseline):
     needs_size = False
 
     def __init__(self, dim: int, heads: int = 8, schedule: DiTFastAttnSchedule | None = None,
-                 window: int | float = PUBLISHED_WINDOW, cond_half: str = "second", full_every: int = 5, **kwargs):
+                 window: int | float = PUBLISHED_WINDOW, cond_half: str = "second", full_every: int = 5,
+                 window_impl: str | None = None, **kwargs):
         super().__init__(dim, heads, **kwargs)
+        self.window_impl, self.window_impl_reasons = select_impl(
+            window_impl, window_impl_statuses(self.to_q.weight.device), arg="window_impl")
         window_half_width(1, window)  # validates the type and range now, not at the first call
         if cond_half not in COND_HALVES:
             raise ValueError(f"cond_half must be one of {COND_HALVES} (where a CFG batch holds the conditional "
@@ -117,11 +136,11 @@ class DiTFastAttnAttention(AttentionBaseline):
         if mode == "full":
             attended = self.merge_heads(F.scaled_dot_product_attention(q, k, v))
             if self.schedule.needs_residual(step):
-                window = self.merge_heads(window_attention_1d(q, k, v, w))
+                window = self.merge_heads(window_attention_1d(q, k, v, w, impl=self.window_impl))
                 self._residual = self._expand(attended - window, share)
         else:  # window_residual
             residual = self._half(self._residual) if share else self._residual
-            attended = self.merge_heads(window_attention_1d(q, k, v, w)) + residual
+            attended = self.merge_heads(window_attention_1d(q, k, v, w, impl=self.window_impl)) + residual
         return self._expand(self.to_out[1](self.to_out[0](attended)), share)
 
     def set_cache(self, residual: torch.Tensor | None = None, last_output: torch.Tensor | None = None) -> None:
@@ -149,5 +168,5 @@ class DiTFastAttnAttention(AttentionBaseline):
 
     def extra_repr(self) -> str:
         window = f"{self.window} tokens" if isinstance(self.window, int) else f"{self.window} * N (ours)"
-        return (f"{super().extra_repr()}, window={window}, cond_half={self.cond_half!r}, "
-                f"schedule={self.schedule!r}")
+        return (f"{super().extra_repr()}, window={window}, window_impl={self.window_impl!r}, "
+                f"cond_half={self.cond_half!r}, schedule={self.schedule!r}")

@@ -1,8 +1,15 @@
 """Neighborhood attention (Hassani et al.): each query attends to the K x K window around it, the window
-shifted inward at the borders so it always holds min(K, H) x min(K, W) keys (NATTEN's definition).
+shifted inward at the borders so it always holds min(K, H) x min(K, W) keys (NATTEN's definition;
+`window_blocks.window_start`).
 
-Runs NATTEN's fused `natten.functional.na2d` when NATTEN is installed and the window fits in the map, else a
-reference built on SDPA over query tiles with a mask (memory stays bounded by `chunk_bytes`)."""
+Three implementations, picked in this order when `impl=None` (each skipped one with its reason in
+`.impl_reasons`; on the CPU the reference goes before flex, see `flex.preferred_order`):
+
+- "natten": NATTEN's fused `natten.functional.na2d`, when NATTEN is installed (the window must fit in the map);
+- "flex": `torch.nn.attention.flex_attention`, compiled, with the window's block mask over the row-major
+  sequence (baselines/flex.py), where torch.compile can run;
+- "reference": SDPA over query tiles with a mask (memory bounded by `chunk_bytes`), the labelled fallback.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,11 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from deltaconv_kernels.baselines.base import AttentionBaseline
+from deltaconv_kernels.baselines import flex
+from deltaconv_kernels.baselines.base import AttentionBaseline, select_impl
+from deltaconv_kernels.window_blocks import NEIGHBORHOOD_IMPLS, axis_tiling, neighborhood_tile
 
-IMPLS = ("natten", "reference")
+IMPLS = NEIGHBORHOOD_IMPLS
 
 
 def natten_status() -> str | None:
@@ -21,6 +30,13 @@ def natten_status() -> str | None:
     if importlib.util.find_spec("natten") is None:
         return "NATTEN is not installed (pip install natten)"
     return None
+
+
+def impl_statuses(device="cpu") -> dict:
+    """Each implementation's availability check on `device`, in the order `impl=None` tries them there
+    (`flex.preferred_order`)."""
+    checks = {"natten": natten_status, "flex": lambda: flex.flex_status(device), "reference": lambda: None}
+    return {name: checks[name] for name in flex.preferred_order(IMPLS, device)}
 
 
 def window_starts(length: int, kernel_size: int, device=None) -> torch.Tensor:
@@ -32,9 +48,8 @@ def window_starts(length: int, kernel_size: int, device=None) -> torch.Tensor:
 def _axis_tiles(length: int, kernel_size: int, tile: int, device):
     """Per tile of `tile` query positions along one axis: the key span it needs and which keys each of its
     queries may see. Returns (key_index [n_tiles, span], allowed [n_tiles, tile, span])."""
-    n_tiles = -(-length // tile)
+    n_tiles, tile, span = axis_tiling(length, kernel_size, tile)
     kw = min(kernel_size, length)
-    span = min(tile + kw - 1, length)  # the union of `tile` consecutive windows fits in tile + K - 1 keys
     starts = window_starts(length, kernel_size, device)
     first = torch.arange(n_tiles, device=device) * tile
     key_start = starts[first].clamp(max=length - span)
@@ -57,11 +72,10 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, si
     height, width = size
     if n != height * width:
         raise ValueError(f"size={size} does not match N={n}")
-    tile = tile or max(8, kernel_size)
-    th, tw = min(tile, height), min(tile, width)
-    rows, row_ok = _axis_tiles(height, kernel_size, th, q.device)
-    cols, col_ok = _axis_tiles(width, kernel_size, tw, q.device)
-    n_r, n_c, span_r, span_c = rows.shape[0], cols.shape[0], rows.shape[1], cols.shape[1]
+    tile = neighborhood_tile(kernel_size, tile)
+    rows, row_ok = _axis_tiles(height, kernel_size, tile, q.device)
+    cols, col_ok = _axis_tiles(width, kernel_size, tile, q.device)
+    (n_r, th, span_r), (n_c, tw, span_c) = row_ok.shape, col_ok.shape
     km, vm = (t.reshape(b, h, height, width, d) for t in (k, v))
     # Queries padded to whole tiles: [B, h, n_r, th, n_c, tw, d] -> [B, n_r, n_c, h, th*tw, d].
     qm = q.reshape(b, h, height, width, d)
@@ -84,33 +98,42 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, si
     return out[:, :, :height, :width].reshape(b, h, n, d)
 
 
+def neighborhood_attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int],
+                                kernel_size: int, scale: float | None = None) -> torch.Tensor:
+    """Neighborhood attention on `[B, heads, N, d]` through compiled flex_attention and the window's block mask
+    (cached per size, K and device)."""
+    height, width = size
+    if q.shape[-2] != height * width:
+        raise ValueError(f"size={size} does not match N={q.shape[-2]}")
+    mask = flex.neighborhood_block_mask(height, width, kernel_size, q.device)
+    return flex.flex_attend(q, k, v, mask, scale)
+
+
 class NeighborhoodAttention(AttentionBaseline):
-    """Self-attention restricted to each token's K x K neighborhood. `impl=None` picks NATTEN when installed,
-    else the reference; the choice is in `.impl` (and forcing "natten" without it raises, saying why)."""
+    """Self-attention restricted to each token's K x K neighborhood. `impl=None` picks the first of `IMPLS` that
+    can run on the layer's device; the choice is in `.impl`, why the ones before it were skipped in
+    `.impl_reasons`; forcing one that cannot run raises, saying why."""
 
     def __init__(self, dim: int, heads: int = 8, kernel_size: int = 13, impl: str | None = None,
                  chunk_bytes: int = 64 << 20, **kwargs):
         super().__init__(dim, heads, **kwargs)
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
-        if impl not in (None, *IMPLS):
-            raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}")
-        reason = natten_status()
-        if impl == "natten" and reason is not None:
-            raise RuntimeError(f"impl='natten' was forced but {reason}")
-        self.impl = impl or ("natten" if reason is None else "reference")
+        self.impl, self.impl_reasons = select_impl(impl, impl_statuses(self.to_q.weight.device))
         self.kernel_size = kernel_size
         self.chunk_bytes = chunk_bytes
 
     def _attend(self, q, k, v, x, size):
         if self.impl == "natten":
             return self._natten(q, k, v, size)
+        if self.impl == "flex":
+            return neighborhood_attention_flex(q, k, v, size, self.kernel_size, self.scale)
         return neighborhood_attention(q, k, v, size, self.kernel_size, self.scale, chunk_bytes=self.chunk_bytes)
 
     def _natten(self, q, k, v, size):
         if self.kernel_size > min(size):
             raise ValueError(f"NATTEN needs kernel_size={self.kernel_size} <= min(H, W) of the map {size}; "
-                             "use impl='reference' for maps smaller than the window")
+                             "use impl='flex' or 'reference' for maps smaller than the window")
         from natten.functional import na2d  # NATTEN >= 0.17 layout: [B, H, W, heads, d]
 
         b, h, n, d = q.shape
