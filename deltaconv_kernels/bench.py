@@ -71,6 +71,9 @@ DITFASTATTN_MODES = {
     "full+cfg": (("full", "window_residual"), True, 0),
     "window_residual+cfg": (("full", "window_residual"), True, 1),
 }
+# Neighborhood implementations timed besides the layer's own choice (on the CPU the tiled reference, which is faster
+# there than inductor's flex kernel; NATTEN when installed): compiled flex_attention with the 2-D window block mask.
+NEIGHBORHOOD_VARIANTS = ("flex",)
 DITFASTATTN_PLAN = baselines.DiTFastAttnSchedule.periodic(20, 5)  # what the schedule average is taken over
 # Peak working memory in units of B*N*C elements (input included), from the code paths; measured values are
 # in each record's peak_bytes.
@@ -95,7 +98,13 @@ class Case:
     method: str
     model: str
     res: Resolution
-    mode: str = "forward"  # a DiTFastAttn step mode for method "ditfastattn"
+    # "forward"; a DiTFastAttn step mode for "ditfastattn"; for "neighborhood", a forced implementation ("flex")
+    # beside "forward", the layer's own choice (its fastest on the device)
+    mode: str = "forward"
+
+    @property
+    def impl(self) -> str | None:
+        return self.mode if self.method == "neighborhood" and self.mode != "forward" else None
 
     @property
     def shape(self) -> flops.LayerShape:
@@ -106,12 +115,8 @@ class Case:
         return self.shape.tokens(self.res.height, self.res.width)
 
     @property
-    def key(self) -> tuple:
-        return (self.method, self.mode)
-
-    @property
     def name(self) -> str:
-        mode = f"[{self.mode}]" if self.method == "ditfastattn" else ""
+        mode = f"[{self.mode}]" if self.mode != "forward" else ""
         return f"{self.method}{mode}-{self.model}-{self.res.label}"
 
 
@@ -143,6 +148,8 @@ def cases_for(model: str, res: Resolution, methods=METHODS) -> list[Case]:
     for m in methods:
         if m == "ditfastattn":
             out += [Case(m, model, res, mode) for mode in DITFASTATTN_MODES]
+        elif m == "neighborhood":
+            out += [Case(m, model, res)] + [Case(m, model, res, impl) for impl in NEIGHBORHOOD_VARIANTS]
         else:
             out.append(Case(m, model, res))
     return sorted(out, key=lambda c: c.method != "deltaconv")
@@ -155,8 +162,9 @@ def groups(models=MODELS, max_resolution: str = "2K", methods=METHODS) -> list[l
 
 
 # ---- layers, calls, FLOPs ---------------------------------------------------------------------------------
-def build_layer(method: str, model: str, device, dtype, mode: str = "forward"):
-    """The layer for (method, model): returns (module, implementation) naming what runs."""
+def build_layer(method: str, model: str, device, dtype, mode: str = "forward", impl: str | None = None):
+    """The layer for (method, model): returns (module, implementation) naming what runs. `impl` forces the
+    neighborhood implementation (natten, flex, reference)."""
     shape = SHAPES[model]
     c, heads, k = shape.channels, shape.heads, shape.kernel_size
     factory = {"device": device, "dtype": dtype}
@@ -167,7 +175,7 @@ def build_layer(method: str, model: str, device, dtype, mode: str = "forward"):
     if method == "sdpa":
         return baselines.SDPASelfAttention(c, heads, **factory).eval(), "torch-sdpa"
     if method == "neighborhood":
-        layer = baselines.NeighborhoodAttention(c, heads, kernel_size=k, **factory)
+        layer = baselines.NeighborhoodAttention(c, heads, kernel_size=k, impl=impl, **factory)
         return layer.eval(), layer.impl
     if method == "ditfastattn":
         plan, share, _ = DITFASTATTN_MODES[mode]
@@ -183,7 +191,7 @@ def build_layer(method: str, model: str, device, dtype, mode: str = "forward"):
 
 def make_call(case: Case, cfg: BenchConfig, x: torch.Tensor | None = None):
     """A no-argument callable running one forward of the case's layer (synchronised), and its implementation."""
-    layer, impl = build_layer(case.method, case.model, cfg.device, cfg.dtype, case.mode)
+    layer, impl = build_layer(case.method, case.model, cfg.device, cfg.dtype, case.mode, case.impl)
     h, w = case.tokens
     if x is None:
         x = torch.empty(cfg.batch, h * w, case.shape.channels, device=cfg.device, dtype=cfg.dtype).uniform_(-1, 1)
@@ -203,20 +211,24 @@ def make_call(case: Case, cfg: BenchConfig, x: torch.Tensor | None = None):
 
 
 def case_flops(case: Case, batch: int, impl: str) -> tuple[float, float]:
-    """(executed, ideal) FLOPs of one call of the case."""
+    """(executed by `impl`, ideal) FLOPs of one call of the case."""
     h, w = case.tokens
     shape = case.shape
     if case.method == "ditfastattn":
         plan, share, step = DITFASTATTN_MODES[case.mode]
         b = batch // 2 if share else batch
-        mode = plan[step]
-        ideal = flops.ditfastattn_step(h, w, shape.channels, mode, batch=b)
-        if mode == "full":  # the full step also runs the window pass of the residual
-            ideal = ideal + flops.Flops(attention=flops.ditfastattn_step(h, w, shape.channels, "window_residual",
-                                                                         batch=b).attention)
-        return ideal.total, ideal.total
+
+        def one_step(window_impl):
+            f = flops.ditfastattn_step(h, w, shape.channels, plan[step], batch=b, window_impl=window_impl)
+            if plan[step] == "full":  # the full step also runs the window pass of the residual
+                f = f + flops.Flops(attention=flops.ditfastattn_step(
+                    h, w, shape.channels, "window_residual", batch=b, window_impl=window_impl).attention)
+            return f.total
+
+        return one_step(impl), one_step(None)
     ideal = flops.method_flops(case.method, shape, case.res.height, case.res.width, batch)
-    return ideal.total, ideal.total
+    executed = flops.executed_flops(case.method, shape, case.res.height, case.res.width, batch, impl)
+    return executed.total, ideal.total
 
 
 # ---- memory -----------------------------------------------------------------------------------------------
@@ -316,7 +328,21 @@ def measure_group(group: list[Case], planner: Planner, driver=None) -> list[Reco
     warmup)` may run the rounds (pytest-benchmark does); by default `interleaved` does."""
     cfg = planner.cfg
     out: list[Record] = []
-    impls = {c: _implementation(c, cfg) for c in group}
+    impls, unavailable = {}, {}
+    for c in group:
+        try:
+            impls[c] = _implementation(c, cfg)
+        except RuntimeError as exc:  # a forced implementation that cannot run here says why
+            unavailable[c] = str(exc)
+    auto = {c.method: impls.get(c) for c in group if c.mode == "forward"}
+    for c in group:
+        if c.impl is not None and c in impls and auto.get(c.method) == c.impl:
+            unavailable[c] = f"{c.impl} is already the layer's own choice on {cfg.device.type} (the 'forward' row)"
+    for c, reason in unavailable.items():
+        rec = planner.record_for(c, c.impl or "", 0.0, 0.0, reason=reason)
+        planner.records.append(rec)
+        out.append(rec)
+    group = [c for c in group if c not in unavailable]
     fl = {c: case_flops(c, cfg.batch, impls[c]) for c in group}
     runnable: dict[Case, float | None] = {}
     for c in group:
@@ -363,7 +389,7 @@ def measure_group(group: list[Case], planner: Planner, driver=None) -> list[Reco
 
 def _implementation(case: Case, cfg: BenchConfig) -> str:
     """What runs for the case (building the layer is cheap; its input is not built here)."""
-    return build_layer(case.method, case.model, cfg.device, cfg.dtype, case.mode)[1]
+    return build_layer(case.method, case.model, cfg.device, cfg.dtype, case.mode, case.impl)[1]
 
 
 def speedups(model: str, label: str, dtype: str, batch: int, timed: dict) -> list[dict]:

@@ -17,7 +17,7 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
 def _label(r: Record) -> str:
-    return r.method if r.method != "ditfastattn" else f"ditfastattn [{r.mode}]"
+    return r.method if r.mode == "forward" else f"{r.method} [{r.mode}]"
 
 
 def _order(records: list[Record]):
@@ -104,7 +104,7 @@ def speedup_table(speeds: list[dict]) -> list[list[str]]:
     out = [["model", "resolution", "dtype", "batch", "ΔConv speedup over", "median (per-round ratios)", "IQR",
             "process range", "rounds x processes"]]
     for s in speeds:
-        over = s["over"] if s["over"] != "ditfastattn" else f"ditfastattn [{s['mode']}]"
+        over = s["over"] if s["mode"] == "forward" else f"{s['over']} [{s['mode']}]"
         rng = f"{s['speedup_min']:.2f}–{s['speedup_max']:.2f}" if s.get("processes", 1) > 1 else "-"
         out.append([s["model"], s["resolution"], s["dtype"], str(s["batch"]), over, f"{s['speedup_median']:.2f}x",
                     f"{s['speedup_iqr']:.2f}", rng, f"{s['rounds'] // max(s['processes'], 1)} x {s['processes']}"])

@@ -23,9 +23,13 @@ def planner(**kw) -> bench.Planner:
     return bench.Planner(bench.BenchConfig.for_device("cpu", torch.float32, 2, **kw))
 
 
+def flops_of(case: bench.Case) -> tuple[float, float]:
+    return bench.case_flops(case, 2, "reference" if case.method in ("neighborhood", "ditfastattn") else "test")
+
+
 def fake(p: bench.Planner, method: str, model: str, label: str, seconds: float, mode: str = "forward") -> Record:
     case = bench.Case(method, model, bench.resolution(label), mode)
-    executed, ideal = bench.case_flops(case, 2, "test")
+    executed, ideal = flops_of(case)
     rec = p.record_for(case, "test", executed, ideal, seconds_median=seconds, seconds_iqr=0.0, rounds=5)
     p.records.append(rec)
     return rec
@@ -86,10 +90,10 @@ def test_a_quadratic_method_is_extrapolated_by_its_flops_not_a_power_law():
     per_flop = 1e-11
     for label in ("512", "1K"):
         case = bench.Case("sdpa", "pixart", bench.resolution(label))
-        fake(p, "sdpa", "pixart", label, per_flop * bench.case_flops(case, 2, "")[0])
+        fake(p, "sdpa", "pixart", label, per_flop * flops_of(case)[0])
     big = bench.Case("sdpa", "pixart", bench.resolution("16K"))
-    assert p.predict(big, bench.case_flops(big, 2, "")[0]) == pytest.approx(
-        per_flop * bench.case_flops(big, 2, "")[0], rel=1e-6)
+    assert p.predict(big, flops_of(big)[0]) == pytest.approx(
+        per_flop * flops_of(big)[0], rel=1e-6)
 
 
 # ---- planner ----------------------------------------------------------------------------------------------
@@ -98,7 +102,7 @@ def test_planner_caps_every_method_deltaconv_included():
     for label, s in (("512", 0.1), ("1K", 0.4)):
         fake(p, "deltaconv", "pixart", label, s)
     case = bench.Case("deltaconv", "pixart", bench.resolution("4K"))
-    executed, ideal = bench.case_flops(case, 2, "test")
+    executed, ideal = flops_of(case)
     d = p.decide(case, executed)
     assert not d.run and "the same cap for every method" in d.reason and d.predicted_s > 1.0
     rec = p.skipped(case, "test", executed, ideal, d.reason)
@@ -108,7 +112,7 @@ def test_planner_caps_every_method_deltaconv_included():
     p = planner(max_call_s=1e-6)
     fake(p, "linfusion", "sd15", "512", 0.5)
     case = bench.Case("linfusion", "sd15", bench.resolution("1K"))
-    executed, ideal = bench.case_flops(case, 2, "test")
+    executed, ideal = flops_of(case)
     assert p.decide(case, executed).predicted_s == pytest.approx(0.5 * executed / p.measured(case)[0].flops_executed)
     rec = p.skipped(case, "test", executed, ideal, "slow")
     assert rec.seconds_median is None and not rec.extrapolated and "fewer than 2 measured sizes" in rec.reason
@@ -167,7 +171,7 @@ def test_merge_processes_takes_the_median_of_medians_and_refits():
         fake(p, "deltaconv", "sd15", "512", 0.1 * t)
         fake(p, "deltaconv", "sd15", "1K", 0.4 * t)
         big = bench.Case("deltaconv", "sd15", bench.resolution("2K"))
-        ex, ideal = bench.case_flops(big, 2, "test")
+        ex, ideal = flops_of(big)
         p.skipped(big, "test", ex, ideal, "cap")
         runs.append({"results": [dataclasses.asdict(r) for r in p.records],
                      "speedups": [{"model": "sd15", "resolution": "512", "dtype": "fp32", "batch": 2, "over": "sdpa",
@@ -189,7 +193,7 @@ def test_report_keeps_measured_and_extrapolated_apart(tmp_path):
     fake(p, "sdpa", "sd15", "512", 0.5)
     fake(p, "sdpa", "sd15", "1K", 4.0)
     big = bench.Case("sdpa", "sd15", bench.resolution("2K"))
-    p.skipped(big, "test", *bench.case_flops(big, 2, "test"), "slow")
+    p.skipped(big, "test", *flops_of(big), "slow")
     measured = bench_report.measured_table(p.records)
     assert measured[0][-2:] == ["512", "1K"]  # the extrapolated 2K has no column among the measured
     extr = bench_report.extrapolated_table(p.records)
@@ -242,3 +246,22 @@ def test_cli_rejects_bad_options(tmp_path, capsys, argv, message):
     assert cli.main(["bench", *argv, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "deltaconv bench: error:" in err and message in err
+
+
+def test_forced_neighborhood_variant_is_skipped_with_its_reason(monkeypatch):
+    group = bench.cases_for("sdxl", bench.resolution("512"), ("deltaconv", "neighborhood"))
+    assert [c.mode for c in group if c.method == "neighborhood"] == ["forward", *bench.NEIGHBORHOOD_VARIANTS]
+
+    def no_flex(case, cfg):
+        if case.impl == "flex":
+            raise RuntimeError("impl='flex' was forced but torch.compile cannot build CPU kernels")
+        return "reference" if case.method == "neighborhood" else "cpu"
+
+    monkeypatch.setattr(bench, "_implementation", no_flex)
+    p = planner(max_call_s=1e-9)  # nothing runs: only the decisions are checked
+    records = {r.mode: r for r in bench.measure_group(group, p) if r.method == "neighborhood"}
+    assert records["flex"].seconds_median is None and "cannot build CPU kernels" in records["flex"].reason
+    monkeypatch.setattr(bench, "_implementation", lambda case, cfg: "flex")  # e.g. on a GPU: flex is the choice
+    records = {r.mode: r for r in bench.measure_group(group, planner(max_call_s=1e-9))
+               if r.method == "neighborhood"}
+    assert "already the layer's own choice" in records["flex"].reason
