@@ -155,10 +155,11 @@ def cases_for(model: str, res: Resolution, methods=METHODS) -> list[Case]:
     return sorted(out, key=lambda c: c.method != "deltaconv")
 
 
-def groups(models=MODELS, max_resolution: str = "2K", methods=METHODS) -> list[list[Case]]:
+def groups(models=MODELS, max_resolution: str = "2K", methods=METHODS, min_resolution: str = "512"
+           ) -> list[list[Case]]:
     """Every (model, resolution) group in run order: sizes increasing, so predictions can use smaller sizes."""
-    top = resolution(max_resolution).pixels
-    return [cases_for(model, r, methods) for r in RESOLUTIONS if r.pixels <= top for model in models]
+    top, bottom = resolution(max_resolution).pixels, resolution(min_resolution).pixels
+    return [cases_for(model, r, methods) for r in RESOLUTIONS if bottom <= r.pixels <= top for model in models]
 
 
 # ---- layers, calls, FLOPs ---------------------------------------------------------------------------------
@@ -437,12 +438,13 @@ def schedule_averages(records: list[Record], plan=DITFASTATTN_PLAN) -> list[Reco
     return out
 
 
-def run_grid(cfg: BenchConfig, models=MODELS, max_resolution: str = "2K", methods=METHODS, progress=True):
+def run_grid(cfg: BenchConfig, models=MODELS, max_resolution: str = "2K", methods=METHODS, progress=True,
+             min_resolution: str = "512"):
     """The whole grid in this process: (records incl. DiTFastAttn schedule averages, speedups)."""
     from tqdm import tqdm
 
     planner = Planner(cfg)
-    todo = groups(models, max_resolution, methods)
+    todo = groups(models, max_resolution, methods, min_resolution)
     bar = tqdm(todo, unit="group", disable=not progress)
     for group in bar:
         bar.set_postfix_str(f"{group[0].model} {group[0].res.label}")
@@ -537,6 +539,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default fp16 on cuda, fp32 on cpu")
     parser.add_argument("--batch", type=int, default=2, help="batch size (default 2: classifier-free guidance)")
     parser.add_argument("--max-resolution", default="2K", help=f"one of {[r.label for r in RESOLUTIONS]}")
+    parser.add_argument("--min-resolution", default="512",
+                        help="smallest resolution to run (a size with nothing measured below it runs whatever its "
+                             "time: the cap needs a smaller measured size to predict from)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {tuple(SHAPES)}")
     parser.add_argument("--out", default="bench_out", help="directory for bench.json and latency.png")
@@ -581,7 +586,8 @@ def run(args: argparse.Namespace) -> int:
     check_at_least(args.processes, 1, "--processes")
     check_positive(args.time_budget, "--time-budget")
     check_positive(args.max_call, "--max-call")
-    resolution(args.max_resolution)
+    if resolution(args.min_resolution).pixels > resolution(args.max_resolution).pixels:
+        raise ValueError(f"--min-resolution {args.min_resolution} is above --max-resolution {args.max_resolution}")
     out = check_output_dir(args.out, "--out")
     kw = {"max_call_s": args.max_call} if args.max_call else {}
     cfg = BenchConfig.for_device(device, DTYPES[args.dtype] if args.dtype else None, args.batch,
@@ -593,7 +599,7 @@ def run(args: argparse.Namespace) -> int:
         records, speeds = merge_processes(runs)
         env["processes"] = args.processes
     else:
-        records, speeds = run_grid(cfg, models, args.max_resolution, methods)
+        records, speeds = run_grid(cfg, models, args.max_resolution, methods, min_resolution=args.min_resolution)
     command = "deltaconv bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "deltaconv bench"
     write_json(out / "bench.json", env, records, speeds, {"command": command})
     bench_report.plot(records, out / "latency.png", f"{env['device_type']} {env['dtype']} B={cfg.batch}")
@@ -604,7 +610,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_fresh_process(args, out: Path, i: int, n: int) -> dict:
     argv = [sys.executable, "-m", "deltaconv_kernels.cli", "bench", "--device", args.device, "--batch",
-            str(args.batch), "--max-resolution", args.max_resolution, "--methods", args.methods, "--models",
+            str(args.batch), "--max-resolution", args.max_resolution, "--min-resolution", args.min_resolution,
+            "--methods", args.methods, "--models",
             args.models, "--out", str(out), "--time-budget", str(args.time_budget), "--rounds", str(args.rounds)]
     argv += ["--dtype", args.dtype] if args.dtype else []
     argv += ["--max-call", str(args.max_call)] if args.max_call else []

@@ -241,6 +241,7 @@ def test_cli_processes_merge_fresh_runs(tmp_path):
     (["--rounds", "3"], "--rounds must be >= 5"),
     (["--processes", "0"], "--processes must be >= 1"),
     (["--max-resolution", "3K"], "resolution must be one of"),
+    (["--min-resolution", "4K", "--max-resolution", "1K"], "is above --max-resolution"),
 ])
 def test_cli_rejects_bad_options(tmp_path, capsys, argv, message):
     assert cli.main(["bench", *argv, "--out", str(tmp_path)]) == 2
