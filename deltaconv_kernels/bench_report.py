@@ -161,6 +161,11 @@ def format_markdown(records: list[Record], speeds: list[dict], env: dict, comman
     ])
 
 
+# What the plot shows per method: its forward call, the forced flex neighborhood, and DiTFastAttn's averages over
+# its plan (its single step modes, down to the 0.1 ms of a shared step, are in the tables).
+PLOT_MODES = ("forward", "flex", "schedule avg", "schedule avg+cfg")
+
+
 def plot(records: list[Record], path: Path, title: str = "") -> None:
     """Log-log latency vs pixels, one panel per model: measured medians as filled points on solid lines (IQR as
     error bars); extrapolations as hollow points with their band, never joined to the measured line."""
@@ -172,9 +177,9 @@ def plot(records: list[Record], path: Path, title: str = "") -> None:
     models = list(dict.fromkeys(r.model for r in records))
     fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5.5), squeeze=False)
     for ax, model in zip(axes[0], models):
-        rows = [r for r in records if r.model == model and r.seconds_median]
+        rows = [r for r in records if r.model == model and r.seconds_median and r.mode in PLOT_MODES]
         for i, label in enumerate(dict.fromkeys(_label(r) for r in rows)):
-            color = f"C{i % 10}"
+            color = plt.get_cmap("tab10")(i % 10)
             pts = sorted((r for r in rows if _label(r) == label), key=lambda r: r.height * r.width)
             meas = [r for r in pts if not r.extrapolated]
             extr = [r for r in pts if r.extrapolated and r.fit]
