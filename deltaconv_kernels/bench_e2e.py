@@ -38,7 +38,8 @@ PARTS = ("step", "layer-backward", "compile")
 DEFAULT_RESOLUTIONS = ("512", "1K")
 STEP_METHODS = ("sdpa", "deltaconv", "neighborhood", "ditfastattn", "linfusion", "mediator")
 LAYER_MODEL, LAYER_RESOLUTION = "pixart", "1K"  # the layer parts' shape: PixArt-Σ at 1024² (64 x 64 tokens)
-TINY_LAYER_TOKENS = (8, 8)
+TINY_LAYER_TOKENS = (8, 8)  # --e2e-tiny: the layer parts' token map
+TINY_IMAGE_DIVISOR = 8  # --e2e-tiny: images this much smaller (512² -> 64², an 8 x 8 latent)
 VAE_FACTOR = 8  # both models' VAEs: latents are image / 8
 TEXT_TOKENS = {"pixart": 300, "sd15": 77}  # PixArtSigmaPipeline max_sequence_length; CLIP's model_max_length
 E2E_DTYPES = {"cpu": "bf16", "cuda": "fp16"}
@@ -176,9 +177,12 @@ def _ditfastattn_schedule():
 
 # ---- measuring -------------------------------------------------------------------------------------------
 def measure(calls: dict[str, Callable[[], object]], rounds: int, device) -> dict[str, tuple]:
-    """{name: (Timing, peak bytes, how measured)}: interleaved rounds, then one peak-memory call each."""
-    timings = interleaved(calls, rounds)
-    return {name: (timings[name], *peak_memory(call, device)) for name, call in calls.items()}
+    """{name: (Timing, peak bytes, how measured)}. The peak-memory call of each callable, outside the rounds, is
+    also its warm-up (a whole denoiser step on a CPU takes up to a minute: no call is spent twice); then
+    `rounds` interleaved timed rounds."""
+    peaks = {name: peak_memory(call, device) for name, call in calls.items()}
+    timings = interleaved(calls, rounds, warmup=0)
+    return {name: (timings[name], *peaks[name]) for name in calls}
 
 
 def _record(method, model, res, dtype_label, batch, impl, measured, mode, flops_ideal=0.0, **extra) -> Record:
@@ -195,13 +199,16 @@ def step_records(model_name: str, resolutions, opts: dict, bar=None) -> list[Rec
     device, dtype = opts["device"], opts["dtype"]
     t0 = time.perf_counter()
     model = build_model(model_name, device, dtype, tiny=opts["tiny"])
-    variants = AttentionVariants(model_name, model, STEP_METHODS)
+    variants = AttentionVariants(model_name, model, opts["methods"])
     built_s = time.perf_counter() - t0
     sync = synchronizer(device)
     records = []
     for res in resolutions:
         if bar is not None:
             bar.set_postfix_str(f"step {model_name} {res.label}")
+        if opts["tiny"]:  # tiny models get tiny images too
+            res = bench.Resolution(f"{res.label} (tiny)", res.height // TINY_IMAGE_DIVISOR,
+                                   res.width // TINY_IMAGE_DIVISOR)
         inputs = model_inputs(model_name, model, res.height, res.width, opts["batch"])
         variants.prime(inputs)
         calls = {m: variants.call(m, inputs, sync) for m in variants.methods}
@@ -344,6 +351,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--e2e-resolutions", default=",".join(DEFAULT_RESOLUTIONS),
                         help=f"comma-separated image sizes for the denoiser steps, of "
                              f"{[r.label for r in bench.RESOLUTIONS]}")
+    parser.add_argument("--e2e-methods", default=",".join(STEP_METHODS),
+                        help=f"comma-separated subset of {STEP_METHODS} for the denoiser steps (sdpa = the original "
+                             "attention; the layer parts always run every method)")
     parser.add_argument("--e2e-rounds", type=int, default=5, help="interleaved timed rounds per variant")
     parser.add_argument("--e2e-parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     parser.add_argument("--e2e-compile-backend", default="inductor",
@@ -357,6 +367,7 @@ def _options(args: argparse.Namespace) -> dict:
 
     models = bench._split(args.e2e_models, MODELS, "e2e-models")
     parts = bench._split(args.e2e_parts, PARTS, "e2e-parts")
+    methods = bench._split(args.e2e_methods, STEP_METHODS, "e2e-methods")
     labels = [r.label for r in bench.RESOLUTIONS]
     resolutions = [bench.resolution(lab) for lab in bench._split(args.e2e_resolutions, labels, "e2e-resolutions")]
     if isinstance(args.e2e_rounds, bool) or not isinstance(args.e2e_rounds, int):
@@ -372,7 +383,8 @@ def _options(args: argparse.Namespace) -> dict:
     if "compile" in parts and args.e2e_compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
         raise ValueError(f"--e2e-compile-backend must be one of {torch._dynamo.list_backends(exclude_tags=())}, "
                          f"got {args.e2e_compile_backend!r}")
-    return {"models": models, "parts": parts, "resolutions": resolutions, "rounds": args.e2e_rounds,
+    return {"models": models, "parts": parts, "methods": [m for m in STEP_METHODS if m in methods],
+            "resolutions": resolutions, "rounds": args.e2e_rounds,
             "device": device, "dtype": bench.DTYPES[dtype_label], "dtype_label": dtype_label,
             "batch": args.batch or 2, "out": check_output_dir(args.out, "--out"),
             "compile_backend": args.e2e_compile_backend, "tiny": bool(args.e2e_tiny)}
