@@ -16,6 +16,15 @@ from deltaconv_kernels.bench_timing import Record
 from deltaconv_kernels.ops import resolve
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are all per-op overhead: one thread runs them fastest, and never waits on a busy second core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def namespace(tmp_path, **kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
