@@ -409,7 +409,9 @@ def run(args: argparse.Namespace) -> int:
                 bar.update()
     cfg = bench.BenchConfig.for_device(opts["device"], opts["dtype"], opts["batch"])
     env = {k: v for k, v in bench.environment(cfg).items() if k not in ("max_call_s", "budget_s")}
-    env.update(wall_s=time.perf_counter() - t0, tiny=opts["tiny"], rounds=opts["rounds"])
+    env.update(wall_s=time.perf_counter() - t0, tiny=opts["tiny"], rounds=opts["rounds"], parts=opts["parts"],
+               models=opts["models"], methods=opts["methods"], resolutions=[r.label for r in opts["resolutions"]],
+               compile_backend=opts["compile_backend"])
     out = opts["out"]
     out.mkdir(parents=True, exist_ok=True)
     write_json(records, out / OUTPUT_NAME, env)
