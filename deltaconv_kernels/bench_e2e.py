@@ -38,6 +38,8 @@ PARTS = ("step", "layer-backward", "compile")
 DEFAULT_RESOLUTIONS = ("512", "1K")
 STEP_METHODS = ("sdpa", "deltaconv", "neighborhood", "ditfastattn", "linfusion", "mediator")
 LAYER_MODEL, LAYER_RESOLUTION = "pixart", "1K"  # the layer parts' shape: PixArt-Σ at 1024² (64 x 64 tokens)
+LAYER_WARMUP = 1  # the layer parts are cheap: one more untimed round after the peak-memory call (autograd's
+# and the allocator's first-round growth otherwise lands in the first timed round)
 TINY_LAYER_TOKENS = (8, 8)  # --e2e-tiny: the layer parts' token map
 TINY_IMAGE_DIVISOR = 8  # --e2e-tiny: images this much smaller (512² -> 64², an 8 x 8 latent)
 VAE_FACTOR = 8  # both models' VAEs: latents are image / 8
@@ -176,12 +178,12 @@ def _ditfastattn_schedule():
 
 
 # ---- measuring -------------------------------------------------------------------------------------------
-def measure(calls: dict[str, Callable[[], object]], rounds: int, device) -> dict[str, tuple]:
+def measure(calls: dict[str, Callable[[], object]], rounds: int, device, warmup: int = 0) -> dict[str, tuple]:
     """{name: (Timing, peak bytes, how measured)}. The peak-memory call of each callable, outside the rounds, is
-    also its warm-up (a whole denoiser step on a CPU takes up to a minute: no call is spent twice); then
-    `rounds` interleaved timed rounds."""
+    its first warm-up (a whole denoiser step on a CPU takes up to a minute: by default no call is spent twice);
+    then `warmup` more untimed rounds and `rounds` interleaved timed rounds."""
     peaks = {name: peak_memory(call, device) for name, call in calls.items()}
-    timings = interleaved(calls, rounds, warmup=0)
+    timings = interleaved(calls, rounds, warmup=warmup)
     return {name: (timings[name], *peaks[name]) for name in calls}
 
 
@@ -251,7 +253,7 @@ def layer_backward_records(opts: dict) -> list[Record]:
         impls[method] = info["backend"]
     return [_record(m, LAYER_MODEL, res, opts["dtype_label"], batch, impls[m], measured, "forward+backward",
                     tokens=[h, w], channels=shape.channels)
-            for m, measured in measure(calls, opts["rounds"], device).items()]
+            for m, measured in measure(calls, opts["rounds"], device, warmup=LAYER_WARMUP).items()]
 
 
 def _backward_call(layer, x, grad, size, kw, sync):
@@ -301,7 +303,7 @@ def compile_records(opts: dict) -> list[Record]:
             calls[name]()
             compile_s[name] = time.perf_counter() - t0
     records = []
-    for name, measured in measure(calls, opts["rounds"], device).items():
+    for name, measured in measure(calls, opts["rounds"], device, warmup=LAYER_WARMUP).items():
         method, impl, _, _ = layers[name]
         ideal = flops.method_flops(method, shape, res.height, res.width, batch).total if not opts["tiny"] else 0.0
         extra = {"compile_s": compile_s[name]} if name in compile_s else {}

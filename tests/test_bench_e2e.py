@@ -175,3 +175,13 @@ def test_out_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("")
     with pytest.raises(ValueError, match="--out"):
         bench_e2e.run(namespace(tmp_path))
+
+
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_measure_peak_call_then_warmup_then_interleaved_rounds(warmup):
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b")}
+    out = bench_e2e.measure(calls, rounds=3, device="cpu", warmup=warmup)
+    assert order == ["a", "b"] * (1 + warmup + 3)  # peak-memory calls first, then round-robin
+    assert {name: timing.rounds for name, (timing, _, _) in out.items()} == {"a": 3, "b": 3}
+    assert all(isinstance(peak, int) and "RSS" in how for _, peak, how in out.values())
