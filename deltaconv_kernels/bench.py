@@ -555,10 +555,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end-to-end", action="store_true",
                         help="time whole denoiser steps, one layer's forward+backward and torch.compile instead "
                              "of the layer grid (deltaconv_kernels.bench_e2e)")
-    try:
-        from deltaconv_kernels import bench_e2e
-    except ImportError:  # the end-to-end module is optional at import time of the grid
-        return
+    from deltaconv_kernels import bench_e2e
+
     bench_e2e.add_arguments(parser)
 
 

@@ -11,7 +11,7 @@ Parts:
   automatic backend) and every `replace_attention` baseline. The variants share one model: each keeps its own
   `attn1` modules and they are swapped in before its call, so the rest of the weights are common and only one
   model is in memory. DiTFastAttn is timed at its compressed step (window attention + the residual its full step
-  cached, primed once per resolution), the step mode of the layer grid (`bench.DITFASTATTN_BENCH_MODE`).
+  cached, primed once per resolution), its compressed step (`DITFASTATTN_STEP`; the layer grid times every mode).
 - "layer-backward": forward+backward of `bench.build_layer` for every method at the PixArt-1024 layer shape
   (64 x 64 tokens, C = 1152).
 - "compile": the same shape, forward: ΔConvBlock on its pure-PyTorch backend eager and under torch.compile, on
@@ -37,6 +37,7 @@ MODELS = ("pixart", "sd15")
 PARTS = ("step", "layer-backward", "compile")
 DEFAULT_RESOLUTIONS = ("512", "1K")
 STEP_METHODS = ("sdpa", "deltaconv", "neighborhood", "ditfastattn", "linfusion", "mediator")
+DITFASTATTN_STEP = "window_residual"  # DiTFastAttn is timed at its compressed step here
 LAYER_MODEL, LAYER_RESOLUTION = "pixart", "1K"  # the layer parts' shape: PixArt-Σ at 1024² (64 x 64 tokens)
 LAYER_WARMUP = 1  # the layer parts are cheap: one more untimed round after the peak-memory call (autograd's
 # and the allocator's first-round growth otherwise lands in the first timed round)
@@ -132,7 +133,7 @@ class AttentionVariants:
             elif method == "ditfastattn":
                 schedule = _ditfastattn_schedule()
                 replace_attention(model, method, schedule=schedule)
-                impl = f"torch, {bench.DITFASTATTN_BENCH_MODE} step"
+                impl = f"torch, {DITFASTATTN_STEP} step"
             else:
                 kw = {"kernel_size": flops.LAYER_SHAPES[model_name].kernel_size} if method == "neighborhood" else {}
                 replace_attention(model, method, **kw)
@@ -174,7 +175,7 @@ class AttentionVariants:
 
 def _ditfastattn_schedule():
     from deltaconv_kernels.baselines import DiTFastAttnSchedule
-    return DiTFastAttnSchedule(("full", bench.DITFASTATTN_BENCH_MODE))
+    return DiTFastAttnSchedule(("full", DITFASTATTN_STEP))
 
 
 # ---- measuring -------------------------------------------------------------------------------------------
@@ -244,13 +245,13 @@ def layer_backward_records(opts: dict) -> list[Record]:
     calls, impls = {}, {}
     for method in bench.METHODS:
         torch.manual_seed(0)
-        layer, info = bench.build_layer(method, LAYER_MODEL, device, dtype)
+        mode = DITFASTATTN_STEP if method == "ditfastattn" else "forward"
+        layer, impls[method] = bench.build_layer(method, LAYER_MODEL, device, dtype, mode)
         kw = {}
         if method == "ditfastattn":  # its compressed step, as the layer grid times it
             layer.set_cache(residual=torch.randn(x.shape, generator=g).to(device, dtype) * 0.1)
             kw = {"step": 1}
         calls[method] = _backward_call(layer, x, grad, (h, w), kw, sync)
-        impls[method] = info["backend"]
     return [_record(m, LAYER_MODEL, res, opts["dtype_label"], batch, impls[m], measured, "forward+backward",
                     tokens=[h, w], channels=shape.channels)
             for m, measured in measure(calls, opts["rounds"], device, warmup=LAYER_WARMUP).items()]

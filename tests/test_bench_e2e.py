@@ -28,7 +28,6 @@ def one_thread():
 def namespace(tmp_path, **kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    bench_e2e.add_arguments(parser)
     args = parser.parse_args(["--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path / "out"),
                               "--e2e-tiny", "--e2e-resolutions", "512", "--e2e-rounds", "2",
                               "--e2e-compile-backend", "eager"])
@@ -63,7 +62,7 @@ def test_every_part_and_variant_ran(tiny_run):
 
 def test_records_schema_filled(tiny_run):
     data, records = tiny_run
-    assert data["environment"]["dtype"] == "float32" and data["environment"]["batch"] == 2
+    assert data["environment"]["dtype"] == "fp32" and data["environment"]["batch"] == 2
     for r in records:
         assert set(dataclasses.asdict(r)) == {f.name for f in dataclasses.fields(Record)}
         assert r.seconds_median > 0 and r.seconds_iqr >= 0 and r.rounds == 2 and len(r.extra["seconds"]) == 2
@@ -114,7 +113,7 @@ def test_variants_swap_the_attention(name):
     # DiTFastAttn ran its compressed step: window attention + the residual its primed full step cached
     variants.call("ditfastattn", inputs, lambda: None)()
     assert all(layer.step == 2 for layer in variants.ditfastattn_layers)
-    assert all(layer.schedule.mode(1) == bench.DITFASTATTN_BENCH_MODE for layer in variants.ditfastattn_layers)
+    assert all(layer.schedule.mode(1) == bench_e2e.DITFASTATTN_STEP for layer in variants.ditfastattn_layers)
 
 
 def test_model_inputs_match_the_pipelines():
