@@ -9,14 +9,12 @@ from pathlib import Path
 
 import torch
 
-# Full-size denoiser configs (architecture entries of the public model cards' config.json).
+from deltaconv_kernels.bench_e2e import FULL_CONFIGS
+
+# Full-size denoiser configs (architecture entries of the public model cards' config.json); SD1.5's and PixArt-Σ's
+# are the ones the end-to-end benchmark builds.
 _FULL_CONFIGS = {
-    "sd15": dict(
-        _class_name="UNet2DConditionModel", sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0),
+    "sd15": FULL_CONFIGS["sd15"],
     "sdxl": dict(
         _class_name="UNet2DConditionModel", sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
@@ -25,12 +23,7 @@ _FULL_CONFIGS = {
         transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816, norm_num_groups=32,
         flip_sin_to_cos=True, freq_shift=0),
-    "pixart_sigma": dict(
-        _class_name="PixArtTransformer2DModel", sample_size=128, in_channels=4, out_channels=8, num_layers=28,
-        num_attention_heads=16, attention_head_dim=72, cross_attention_dim=1152, caption_channels=4096,
-        patch_size=2, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
-        num_embeds_ada_norm=1000, attention_bias=True, activation_fn="gelu-approximate", interpolation_scale=2,
-        use_additional_conditions=False),
+    "pixart_sigma": FULL_CONFIGS["pixart"],
     "pixart_alpha": dict(
         _class_name="PixArtTransformer2DModel", sample_size=128, in_channels=4, out_channels=8, num_layers=28,
         num_attention_heads=16, attention_head_dim=72, cross_attention_dim=1152, caption_channels=4096,
