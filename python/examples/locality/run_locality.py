@@ -364,7 +364,10 @@ def run(out: Path, smoke: bool = False, threads: int = 1, plots: Path | None = N
         for name in PLOT_NAMES:
             if (out / "analysis" / name).is_file():
                 shutil.copyfile(out / "analysis" / name, plots / f"locality_{name}")
-        save_grid({k: v for k, v in variants.items()}, plots / "locality_grid.png", per_row=min(n, len(SOURCES)))
+        columns = min(n, len(SOURCES))
+        real_row = torch.cat([random_crops([sources[j]], 1, cfg["crop"], seed=seed + 7)[0] for j in range(columns)])
+        save_grid({"real crops (column j: source image j)": real_row, **variants}, plots / "locality_grid.png",
+                  per_row=columns)
         if teacher_info.get("curve"):
             plot_losses([{"step": s, "loss": v} for s, v in teacher_info["curve"]], plots / "locality_teacher_loss.png",
                         title="locality teacher: Min-SNR-weighted v-prediction loss")
