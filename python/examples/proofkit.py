@@ -193,3 +193,16 @@ def save_grid(rows: dict[str, torch.Tensor], path: Path, per_row: int = 20, tile
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def start_run(out: Path, threads: int) -> tuple[float, Callable[[str], None]]:
+    """Set the torch CPU threads, create the work folder, and return the start time and a logger that prefixes
+    each line with the seconds since then."""
+    torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t_start:6.0f}s] {msg}", flush=True)
+
+    return t_start, log

@@ -41,6 +41,7 @@ from proofkit import (  # noqa: E402
     psnr,
     sample,
     save_grid,
+    start_run,
     train_classifier,
     train_teacher,
 )
@@ -98,12 +99,7 @@ def get_classifier(out: Path, images, labels, cfg: dict, log):
 def run(out: Path, smoke: bool = False, threads: int = 2, results: Path | None = None, grid: Path | None = None,
         seed: int = 0) -> dict:
     cfg = SMOKE if smoke else FULL
-    torch.set_num_threads(threads)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
-
-    def log(msg):
-        print(f"[{time.time() - t_start:6.0f}s] {msg}", flush=True)
+    t_start, log = start_run(out, threads)
 
     images, labels = load_digit_images()
     teacher, embed, teacher_info = get_teacher(out, images, labels, cfg, log)

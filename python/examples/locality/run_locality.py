@@ -47,6 +47,7 @@ from proofkit import (  # noqa: E402
     psnr,
     sample,
     save_grid,
+    start_run,
     train_classifier,
     train_teacher,
 )
@@ -243,12 +244,7 @@ def cost_rows(teacher, students: dict, kernel_sizes: dict, nb_kernels: dict, cfg
 def run(out: Path, smoke: bool = False, threads: int = 1, plots: Path | None = None, results: Path | None = None,
         seed: int = 0, command: str | None = None) -> dict:
     cfg = SMOKE if smoke else FULL
-    torch.set_num_threads(threads)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
-
-    def log(msg):
-        print(f"[{time.time() - t_start:6.0f}s] {msg}", flush=True)
+    t_start, log = start_run(out, threads)
 
     sources = load_sources(cfg["short_side"])
     crops, labels = random_crops(sources, cfg["pool"], cfg["crop"], seed=seed + 1)
