@@ -13,8 +13,9 @@
    each attention replacement at the 16x16 map;
 6. a markdown section (table, plots, grid, command, wall time), optionally put at the end of RESULTS.md.
 
-    PYTHONPATH=. python python/examples/locality/run_locality.py --out /tmp/locality \\
-        --plots benchmarks --results benchmarks/RESULTS.md
+    pip install .   # the package with its C++ CPU kernels (PYTHONPATH=. also works, on the torch backend)
+    python python/examples/locality/run_locality.py --out /tmp/locality --plots benchmarks \\
+        --results benchmarks/RESULTS.md
 
 `--smoke` runs the same pipeline at toy sizes in well under a minute (a CI test). The teacher and classifier are
 cached in --out (delete them to retrain).
@@ -469,7 +470,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="toy sizes, for CI")
     a = p.parse_args(argv)
-    command = "PYTHONPATH=. python python/examples/locality/run_locality.py " + " ".join(
+    command = "python python/examples/locality/run_locality.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     run(a.out, a.smoke, a.threads, a.plots, a.results, a.seed, command)
     return 0
