@@ -72,7 +72,10 @@ def flip_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 class SourceClassifier(nn.Module):
-    """Small CNN on 32x32 RGB crops -> which source image; `features` (128-d) is the Fréchet-distance space."""
+    """Small CNN on 32x32 RGB crops -> which source image; `features` (32-d, few enough dimensions for a
+    Fréchet distance from ~150 samples) is the Fréchet-distance space."""
+
+    FEATURES = 32
 
     def __init__(self, num_classes: int = len(SOURCES), size: int = 32):
         super().__init__()
@@ -80,8 +83,8 @@ class SourceClassifier(nn.Module):
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * (size // 8) ** 2, 128), nn.ReLU())
-        self.head = nn.Linear(128, num_classes)
+            nn.Flatten(), nn.Linear(64 * (size // 8) ** 2, self.FEATURES), nn.ReLU())
+        self.head = nn.Linear(self.FEATURES, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
