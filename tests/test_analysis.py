@@ -289,6 +289,25 @@ def test_analyze_pixart_recommends_valid_sizes():
         assert set(r.stats.mass_by_step) == {"999", "1"} and r.stats.queries_per_step == 1 * 2 * 12
 
 
+def test_analyze_takes_its_own_latents_per_timestep():
+    """inputs['latents'] as {timestep: x_t}: each step is measured on its own x_t (a step fed the other step's
+    x_t measures what that step measured alone), and a missing timestep is refused."""
+    model = tiny_pixart()
+    gen = torch.Generator().manual_seed(1)
+    cond = torch.randn(2, 5, model.config.caption_channels, generator=gen)
+    xa, xb = (torch.randn(2, model.config.in_channels, 12, 12, generator=gen) for _ in range(2))
+    settings = AnalysisSettings(timesteps=(999, 1), num_queries=8)
+    mixed = analyze(model, settings, inputs={"latents": {999: xa, 1: xb}, "encoder_hidden_states": cond})
+    only_a = analyze(model, settings, inputs={"latents": xa, "encoder_hidden_states": cond})
+    only_b = analyze(model, settings, inputs={"latents": xb, "encoder_hidden_states": cond})
+    for name, r in mixed.layers.items():
+        assert r.stats.mass_by_step["999"] == only_a.layers[name].stats.mass_by_step["999"]
+        assert r.stats.mass_by_step["1"] == only_b.layers[name].stats.mass_by_step["1"]
+        assert r.stats.mass_by_step["1"] != only_a.layers[name].stats.mass_by_step["1"]
+    with pytest.raises(ValueError, match=r"no latents for timesteps \[1\]"):
+        analyze(model, settings, inputs={"latents": {999: xa}, "encoder_hidden_states": cond})
+
+
 def test_analyze_sdxl_style_unet_and_dit():
     from diffusers import UNet2DConditionModel
 

@@ -75,3 +75,24 @@ def test_two_process_ddp_run(tmp_path):
     assert state["config"]["num_processes"] == 2 and state["step"] == 2
     assert [r["step"] for r in state["history"]] == [1, 2]
     assert (out / "deltaconv" / "deltaconv.safetensors").is_file()
+
+
+def test_a_baseline_student(tmp_path, capsys):
+    """--student linfusion / neighborhood trains that baseline in every attn1 slot; ΔConvBlock-only options and a
+    neighborhood student without its window are refused before anything runs."""
+    from safetensors.torch import load_file
+
+    model = _saved_model(tmp_path)
+    base = ["distill", "--model", str(model), "--random", "2", "--random-size", "16", "16", "--random-prompt-len",
+            "3", "--batch-size", "2", "--max-steps", "1", "--warmup-steps", "1", "--no-progress", "--no-plot"]
+    for student, extra in (("linfusion", []), ("neighborhood", ["--kernel-sizes", "3"])):
+        out = tmp_path / student
+        assert main(base + ["--student", student, "--output-dir", str(out)] + extra) == 0
+        keys = load_file(out / "student.safetensors").keys()
+        assert keys and all(".layer." in k for k in keys) and any(k.endswith("to_q.weight") for k in keys)
+        assert not (out / "deltaconv").exists()
+    capsys.readouterr()
+    assert main(base + ["--student", "neighborhood", "--output-dir", str(tmp_path / "x")]) == 2
+    assert "--kernel-sizes K" in capsys.readouterr().err
+    assert main(base + ["--student", "linfusion", "--gate", "sigmoid", "--output-dir", str(tmp_path / "y")]) == 2
+    assert "--gate set ΔConvBlocks up" in capsys.readouterr().err

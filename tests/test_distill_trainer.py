@@ -10,7 +10,7 @@ import torch
 from deltaconv_kernels.distill import checkpointing
 from deltaconv_kernels.distill.data import random_dataset
 from deltaconv_kernels.distill.losses import LossWeights
-from deltaconv_kernels.distill.models import deltaconv_state_dict, load_noise_scheduler, predict
+from deltaconv_kernels.distill.models import load_noise_scheduler, predict, student_state_dict
 from deltaconv_kernels.distill.trainer import DistillConfig, DistillTrainer
 from deltaconv_kernels.integrations.diffusers import convert, set_mode
 from deltaconv_kernels.testing import assert_close
@@ -55,7 +55,7 @@ def _crash_at(step):
 def test_resume_after_crash_is_bit_for_bit(tmp_path):
     full = _trainer(tmp_path / "full", _model(), 6)
     full.train()
-    want = deltaconv_state_dict(full.model)
+    want = student_state_dict(full.model)
 
     crashed = _trainer(tmp_path / "run", _model(), 6, callback=_crash_at(5))
     with pytest.raises(Crash):
@@ -64,7 +64,7 @@ def test_resume_after_crash_is_bit_for_bit(tmp_path):
     assert state["step"] == 4  # checkpoint every 2: the crash lost step 5 only
     resumed = _trainer(tmp_path / "run", _model(), 6)
     resumed.train(resume=tmp_path / "run")
-    got = deltaconv_state_dict(resumed.model)
+    got = student_state_dict(resumed.model)
     assert want.keys() == got.keys()
     for k in want:
         assert torch.equal(want[k], got[k]), k
@@ -84,7 +84,7 @@ def test_only_deltaconv_blocks_change_and_teacher_is_the_original(tmp_path):
     original = tiny_pixart(seed=0)
     model = _model()
     frozen = {k: v.clone() for k, v in model.state_dict().items() if ".block." not in k}
-    blocks = {k: v.clone() for k, v in deltaconv_state_dict(model).items()}
+    blocks = {k: v.clone() for k, v in student_state_dict(model).items()}
     batch = _dataset(model).collate([0, 2])
     t = torch.tensor([10, 500])
     x = torch.randn(batch["latents"].shape)
@@ -96,7 +96,7 @@ def test_only_deltaconv_blocks_change_and_teacher_is_the_original(tmp_path):
     for k, v in model.state_dict().items():
         if ".block." not in k:
             assert torch.equal(v, frozen[k]), k
-    changed = [k for k, v in deltaconv_state_dict(model).items() if not torch.equal(v, blocks[k])]
+    changed = [k for k, v in student_state_dict(model).items() if not torch.equal(v, blocks[k])]
     assert len(changed) == len(blocks)
     assert (tmp_path / "deltaconv" / "deltaconv.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -170,3 +170,60 @@ def test_bf16_mixed_precision_smoke(tmp_path, fresh_accelerate_state):
 def test_config_validation(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         DistillConfig(output_dir=str(tmp_path), **bad)
+
+
+@pytest.mark.parametrize("method, kwargs", [("linfusion", {}), ("neighborhood", {"kernel_size": 3})])
+def test_a_baseline_trains_as_a_student_from_the_carried_over_projections(tmp_path, method, kwargs):
+    """replace_attention(..., keep_attention=True) puts a baseline in every attn1 slot with the original
+    attention as teacher: the trainer trains the baseline's whole layer (its to_q/k/v/out start as the teacher's
+    projections), nothing else changes, and the final weights load back."""
+    from safetensors.torch import load_file
+    from tiny_models import tiny_pixart
+
+    from deltaconv_kernels.distill.models import load_student_state_dict, student_layers
+    from deltaconv_kernels.integrations.diffusers import replace_attention
+
+    original = tiny_pixart(seed=0)
+    model = tiny_pixart(seed=0)
+    torch.manual_seed(5)
+    replace_attention(model, method, keep_attention=True, **kwargs)
+    layers = student_layers(model)
+    assert len(layers) == 2
+    for slot in layers.values():
+        for proj in ("to_q", "to_k", "to_v"):
+            assert torch.equal(getattr(slot.layer, proj).weight, getattr(slot.attention, proj).weight)
+    batch = _dataset(model).collate([0, 2])
+    t, x = torch.tensor([10, 500]), torch.randn(batch["latents"].shape)
+    for m in layers.values():
+        m.mode = "teacher"
+    with torch.no_grad():
+        assert_close(predict(model, x, t, batch), predict(original, x, t, batch), torch.float32)
+    for m in layers.values():
+        m.mode = "student"
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if ".layer." not in k}
+    before = {k: v.clone() for k, v in student_state_dict(model).items()}
+    assert before and all(".layer." in k for k in before)
+    summary = _trainer(tmp_path, model, 2, loss=LossWeights(feature=1.0)).train()
+    for k, v in model.state_dict().items():
+        if ".layer." not in k:
+            assert torch.equal(v, frozen[k]), k
+    after = student_state_dict(model)
+    changed = [k for k, v in after.items() if not torch.equal(v, before[k])]
+    assert any(".to_q." in k for k in changed) and len(changed) >= len(after) // 2
+    saved = load_file(summary["weights"])
+    assert saved.keys() == after.keys()
+    load_student_state_dict(model, before)
+    assert torch.equal(student_state_dict(model)[changed[0]], before[changed[0]])
+    load_student_state_dict(model, saved)
+    assert torch.equal(student_state_dict(model)[changed[0]], after[changed[0]])
+
+
+def test_a_baseline_without_the_kept_attention_is_refused(tmp_path):
+    from tiny_models import tiny_pixart
+
+    from deltaconv_kernels.integrations.diffusers import replace_attention
+
+    model = tiny_pixart(seed=0)
+    replace_attention(model, "linfusion")
+    with pytest.raises(ValueError, match="keep_attention=True"):
+        _trainer(tmp_path, model, 1)

@@ -54,9 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pixels per latent cell (default: the pipeline folder's VAE, else 8)")
     parser.add_argument("--batch-size", type=int, default=1, help="random inputs per timestep (default 1)")
     parser.add_argument("--inputs", default=None,
-                        help="torch.save'd dict of inputs instead of random ones: latents [B,C,H,W] plus "
-                             "encoder_hidden_states (U-Net, PixArt; SDXL also text_embeds, time_ids) or "
-                             "class_labels (DiT)")
+                        help="torch.save'd dict of inputs instead of random ones: latents [B,C,H,W] (or a dict "
+                             "{timestep: latents}, each timestep its own x_t) plus encoder_hidden_states (U-Net, "
+                             "PixArt; SDXL also text_embeds, time_ids) or class_labels (DiT)")
     parser.add_argument("--num-queries", type=int, default=64, help="query positions sampled per layer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=0.8, help="ERF = smallest k with M(k) >= this")

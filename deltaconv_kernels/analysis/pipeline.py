@@ -2,8 +2,9 @@
 per layer H, W, M(k), dM/dk, M_hp(k), ERF and the recommended kernel size.
 
 Inputs: without images or a text encoder at hand, the default input is x_t = noise ~ N(0, 1) latents with random
-conditioning (text embeddings ~ N(0, 1), random class labels for DiT), seeded. Pass `latents` / `conditioning`
-to analyse real noisy latents and real embeddings instead."""
+conditioning (text embeddings ~ N(0, 1), random class labels for DiT), seeded. Pass `inputs` to analyse real
+latents and real embeddings instead; its `latents` may be a {timestep: x_t} dict (real latents noised to each
+timestep), so that every step sees the noise level the model was trained for at it."""
 
 from __future__ import annotations
 
@@ -169,7 +170,8 @@ def analyze(model: nn.Module, settings: AnalysisSettings | None = None, latent_h
         latent_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
     if inputs is None:
         inputs = default_inputs(model, batch_size, latent_hw, settings.seed)
-    latent_hw = tuple(inputs["latents"].shape[-2:])
+    per_step = latents_per_timestep(inputs["latents"], settings.timesteps)
+    latent_hw = tuple(per_step[int(settings.timesteps[0])].shape[-2:])
     plot_queries = plot_positions(settings.plot_queries)
     accumulator = LocalityAccumulator(settings.hp_cutoff, settings.hp_order, settings.hp_power, settings.max_kernel,
                                       plot_queries)
@@ -182,7 +184,8 @@ def analyze(model: nn.Module, settings: AnalysisSettings | None = None, latent_h
     with capture, torch.no_grad():
         for t in steps:
             capture.step = int(t)
-            model(**forward_kwargs(model, inputs, int(t), param.device, param.dtype))
+            step_inputs = {**inputs, "latents": per_step[int(t)]}
+            model(**forward_kwargs(model, step_inputs, int(t), param.device, param.dtype))
     reports = {}
     results = accumulator.results()
     for name, stats in ((n, results[n]) for n in capture.layers if n in results):
@@ -194,7 +197,26 @@ def analyze(model: nn.Module, settings: AnalysisSettings | None = None, latent_h
     missing = [n for n in capture.layers if n not in reports]
     if missing:
         raise RuntimeError(f"layers {missing} never ran during the forward passes; nothing was measured for them")
-    return AnalysisReport(reports, settings, type(model).__name__, latent_hw, int(inputs["latents"].shape[0]))
+    return AnalysisReport(reports, settings, type(model).__name__, latent_hw,
+                          int(per_step[int(settings.timesteps[0])].shape[0]))
+
+
+def latents_per_timestep(latents, timesteps: Sequence[int]) -> dict[int, torch.Tensor]:
+    """{timestep: latents [B, C, H, W]}: one tensor used at every timestep, or a dict giving each analysed
+    timestep its own x_t (e.g. real latents noised to that timestep), all of one shape."""
+    if isinstance(latents, torch.Tensor):
+        return {int(t): latents for t in timesteps}
+    if not isinstance(latents, dict):
+        raise ValueError(f"inputs['latents'] must be a [B, C, H, W] tensor or a {{timestep: tensor}} dict, got "
+                         f"{type(latents).__name__}")
+    per_step = {int(t): v for t, v in latents.items()}
+    missing = [int(t) for t in timesteps if int(t) not in per_step]
+    if missing:
+        raise ValueError(f"inputs['latents'] has no latents for timesteps {missing} (it has {sorted(per_step)})")
+    shapes = {tuple(per_step[int(t)].shape) for t in timesteps}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 4:
+        raise ValueError(f"inputs['latents'] per timestep must all be one [B, C, H, W] shape, got {sorted(shapes)}")
+    return {int(t): per_step[int(t)] for t in timesteps}
 
 
 def latent_size_from_resolution(resolution: str, vae_scale_factor: int = 8) -> tuple[int, int]:

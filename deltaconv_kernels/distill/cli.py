@@ -18,12 +18,17 @@ examples:
   # images + .txt captions, several GPUs
   accelerate launch -m deltaconv_kernels.cli distill --model ./sd15 --images ./photos \\
       --text-encoder mypkg.encoders:encode_sd15 --resolution 512 --output-dir runs/sd15
+  # an attention baseline as the student instead (its projections carried over from the attention)
+  deltaconv distill --model ./pixart --latents data.pt --student linfusion --output-dir runs/linfusion
   # continue after a crash (same settings; --max-steps may grow)
   deltaconv distill ... --output-dir runs/sd15 --resume
 
 outputs in --output-dir: checkpoint.pt (every --checkpoint-every steps, atomic), history.csv/.json,
 loss.png, and deltaconv/ (the final ΔConvBlock weights; restore them with
 deltaconv_kernels.integrations.diffusers.load(model, "runs/x/deltaconv"))."""
+
+
+STUDENTS = ("deltaconv", "linfusion", "neighborhood", "mediator")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--subfolder", default=None, help="denoiser subfolder inside --model (default: auto)")
     m.add_argument("--scheduler", default=None, help="folder with scheduler_config.json for the noise schedule "
                    "and prediction type (default: --model's scheduler/ if present, else DDPM defaults)")
+    m.add_argument("--student", choices=STUDENTS, default="deltaconv",
+                   help="what replaces every attn1 and is trained: ΔConvBlocks (default), or an attention baseline "
+                   "whose q/k/v/out projections are carried over from the attention and whose every parameter "
+                   "trains (neighborhood: window = --kernel-sizes, one odd int); baseline weights are written to "
+                   "<output-dir>/student.safetensors")
     m.add_argument("--kernel-sizes", default="released", help="'released' (the paper's per-level sizes), one odd "
                    "int for every layer, or a JSON file {layer_name: K}")
     m.add_argument("--gate", choices=("scaled", "sigmoid"), default=None,
@@ -128,6 +138,12 @@ def check_args(args) -> None:
     from deltaconv_kernels.distill.trainer import check_output_dir_free
 
     check_at_least(args.threads, 1, "--threads")
+    if args.student != "deltaconv":
+        given = [o for o, v in (("--gate", args.gate), ("--backend", args.backend), ("--init", args.init)) if v]
+        if given:
+            raise ValueError(f"{', '.join(given)} set ΔConvBlocks up; --student {args.student} trains a baseline")
+        if args.student == "neighborhood" and not args.kernel_sizes.isdigit():
+            raise ValueError("--student neighborhood needs --kernel-sizes K, one odd int (its window)")
     check_at_least(args.random, 1, "--random")
     if args.random is not None:
         if len(args.random_size) % 2:
@@ -209,7 +225,7 @@ def build(args):
     from deltaconv_kernels.distill.losses import LossWeights
     from deltaconv_kernels.distill.models import load_denoiser, load_noise_scheduler
     from deltaconv_kernels.distill.trainer import DistillConfig, DistillTrainer
-    from deltaconv_kernels.integrations.diffusers import convert, load
+    from deltaconv_kernels.integrations.diffusers import convert, load, replace_attention
 
     check_args(args)
     if args.threads:
@@ -230,8 +246,13 @@ def build(args):
     if scheduler_path is None and (Path(args.model) / "scheduler" / "scheduler_config.json").is_file():
         scheduler_path = args.model
     scheduler = load_noise_scheduler(scheduler_path)
-    report = convert(model, _kernel_sizes(args.kernel_sizes), gate=args.gate, scales=tuple(args.scales),
-                     inter_ratio=args.inter_ratio, keep_attention=True, backend=args.backend)
+    if args.student == "deltaconv":
+        report = convert(model, _kernel_sizes(args.kernel_sizes), gate=args.gate, scales=tuple(args.scales),
+                         inter_ratio=args.inter_ratio, keep_attention=True, backend=args.backend)
+    else:
+        extra = {"kernel_size": int(args.kernel_sizes)} if args.student == "neighborhood" else {}
+        names = replace_attention(model, args.student, keep_attention=True, **extra)
+        report = f"{type(model).__name__}: {len(names)} self-attention layers -> {args.student} students"
     if accelerator.is_main_process:
         print(report)
     if args.init:

@@ -1,5 +1,6 @@
 """Calling diffusers denoisers uniformly during distillation, loading them and their noise scheduler from local
-folders, and the ΔConvBlock state dict that training checkpoints hold."""
+folders, the student layers of a model (ΔConvBlocks or trained baselines in its attn1 slots) and the state dict
+of their trained modules that training checkpoints hold."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deltaconv_kernels.integrations.diffusers import iter_deltaconv_modules
+from deltaconv_kernels.integrations.diffusers_attention import DistillableAttention
 
 SUPPORTED = ("UNet2DConditionModel", "PixArtTransformer2DModel")
 VAE_FACTOR = 8  # PixArt's resolution condition is in pixels: latent size x 8 for its VAE
@@ -74,20 +75,32 @@ def load_noise_scheduler(path: str | Path | None):
     raise FileNotFoundError(f"no scheduler_config.json in {root} or {root / 'scheduler'}")
 
 
-def deltaconv_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The ΔConvBlock parameters only, keyed `<layer name>.block.<param>` relative to the denoiser."""
-    base = _unwrap(model)
-    return {f"{name}.block.{k}": v for name, module in iter_deltaconv_modules(base)
-            for k, v in module.block.state_dict().items()}
+def student_layers(model: nn.Module) -> dict[str, DistillableAttention]:
+    """{attn1 layer name: slot} of every replaced self-attention (`convert`'s `DeltaConvAttention` or
+    `replace_attention`'s `BaselineAttention`), names relative to the denoiser."""
+    return {name: m for name, m in _unwrap(model).named_modules() if isinstance(m, DistillableAttention)}
 
 
-def load_deltaconv_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy saved ΔConvBlock weights into a converted model; every block must be covered, nothing left over."""
-    own = deltaconv_state_dict(model)
+def student_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters the distillation trains: the students' (ΔConvBlocks, or a baseline's whole layer with its
+    carried-over projections), never the kept attention or the rest of the model."""
+    return [p for m in student_layers(model).values() for p in m.student.parameters()]
+
+
+def student_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The students' parameters only, keyed `<layer name>.<block|layer>.<param>` relative to the denoiser
+    (`.block.` for ΔConvBlocks, `.layer.` for baselines)."""
+    return {f"{name}.{module.student_attr}.{k}": v for name, module in student_layers(model).items()
+            for k, v in module.student.state_dict().items()}
+
+
+def load_student_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy saved student weights into a converted model; every student must be covered, nothing left over."""
+    own = student_state_dict(model)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(f"ΔConvBlock weights do not match the converted model: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]} (convert with the same kernel sizes / scales first)")
+        raise ValueError(f"student weights do not match the converted model: missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]} (convert / replace_attention with the same settings first)")
     with torch.no_grad():
         for k, v in own.items():
             if v.shape != state[k].shape:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_losses(history: list[dict], path: str | Path) -> Path:
+def plot_losses(history: list[dict], path: str | Path, title: str = "ΔConvBlock distillation") -> Path:
     """Log-scale plot of every non-zero loss term against the step; written atomically as a PNG."""
     import io
 
@@ -27,7 +27,7 @@ def plot_losses(history: list[dict], path: str | Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title("ΔConvBlock distillation")
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     buf = io.BytesIO()

@@ -1,6 +1,7 @@
-"""The distillation loop (paper §4.3, DESIGN §6): only the ΔConvBlocks train; the teacher is the same model
-with every converted layer in "teacher" mode (the kept original attention) run under no_grad, so teacher and
-student share one copy of the frozen weights.
+"""The distillation loop (paper §4.3, DESIGN §6): only the students train (the ΔConvBlocks of `convert`, or the
+baseline layers of `replace_attention`, e.g. LinFusion or neighborhood attention, their projections carried over
+from the attention they replace); the teacher is the same model with every replaced layer in "teacher" mode (the
+kept original attention) run under no_grad, so teacher and student share one copy of the frozen weights.
 
 Reproducibility: the batch, noise and timesteps of step `s` are pure functions of `(seed, s, process)`, and the
 checkpoint holds the ΔConvBlock weights, optimizer, LR-schedule, grad-scaler and RNG states, so resuming from a
@@ -22,20 +23,24 @@ from deltaconv_kernels.distill import checkpointing, losses
 from deltaconv_kernels.distill.data import BucketBatchSampler, LatentDataset
 from deltaconv_kernels.distill.models import (
     _unwrap,
-    deltaconv_state_dict,
-    load_deltaconv_state_dict,
+    load_student_state_dict,
     predict,
+    student_layers,
+    student_parameters,
+    student_state_dict,
 )
-from deltaconv_kernels.integrations.diffusers import deltaconv_parameters, iter_deltaconv_modules, save, set_mode
+from deltaconv_kernels.integrations.diffusers import save
+from deltaconv_kernels.integrations.diffusers_attention import DeltaConvAttention
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings that change the trajectory: resuming with a different value would not continue the same run.
 RESUME_KEYS = ("seed", "batch_size", "learning_rate", "weight_decay", "adam_betas", "adam_eps", "warmup_steps",
                "max_grad_norm", "mixed_precision", "loss", "num_processes", "data")
 WEIGHTS_DIR = "deltaconv"  # final ΔConvBlock weights (save/load format of the diffusers integration)
+STUDENT_WEIGHTS = "student.safetensors"  # final weights of baseline students (`student_state_dict` keys)
 HISTORY_FIELDS = ("step", "loss", "output", "feature", "noise", "lr", "grad_norm", "seconds")
 # What a run writes into its output folder (an existing one means an earlier run is there).
-RUN_FILES = (checkpointing.CHECKPOINT_NAME, "history.csv", "history.json", "loss.png")
+RUN_FILES = (checkpointing.CHECKPOINT_NAME, "history.csv", "history.json", "loss.png", STUDENT_WEIGHTS)
 WEIGHT_FILES = ("deltaconv.safetensors", "deltaconv.json")  # inside WEIGHTS_DIR
 
 
@@ -107,11 +112,17 @@ def step_seed(seed: int, step: int, process_index: int) -> int:
 
 
 def converted_layers(model: nn.Module) -> dict[str, nn.Module]:
-    layers = dict(iter_deltaconv_modules(model))
+    layers = student_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no ΔConvBlock layers: convert(model, keep_attention=True) "
+                         "(or replace_attention(model, method, keep_attention=True) for a baseline student) "
                          "before distilling")
     return layers
+
+
+def set_mode(model: nn.Module, mode: str) -> None:
+    for layer in converted_layers(model).values():
+        layer.mode = mode
 
 
 class FeatureRecorder:
@@ -149,7 +160,8 @@ class DistillTrainer:
         without = [n for n, m in layers.items() if m.attention is None]
         if without:
             raise ValueError(f"distillation needs the original attention as teacher, but {len(without)} layers "
-                             f"did not keep it (e.g. {without[0]}): convert with keep_attention=True")
+                             f"did not keep it (e.g. {without[0]}): convert (or replace_attention) with "
+                             "keep_attention=True")
         prediction_type = noise_scheduler.config.prediction_type
         if prediction_type not in losses.PREDICTION_TYPES:
             raise ValueError(f"scheduler prediction_type {prediction_type!r} is not one of {losses.PREDICTION_TYPES}")
@@ -165,7 +177,7 @@ class DistillTrainer:
         self._prepare_model(model)
 
     def _prepare_model(self, model: nn.Module) -> None:
-        trainable = deltaconv_parameters(model)
+        trainable = student_parameters(model)
         trainable_ids = {id(p) for p in trainable}
         weight_dtype = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[self.config.mixed_precision]
         for p in model.parameters():
@@ -251,7 +263,7 @@ class DistillTrainer:
         if resume is not None:
             state = checkpointing.load_checkpoint(resume)
             checkpointing.check_resume_config(state["config"], run_config, RESUME_KEYS)
-            load_deltaconv_state_dict(self.base, state["trainable"])
+            load_student_state_dict(self.base, state["trainable"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
             if state["scaler"] is not None and acc.scaler is not None:
@@ -303,7 +315,7 @@ class DistillTrainer:
         if acc.is_main_process:
             checkpointing.save_checkpoint(
                 self.output_dir / checkpointing.CHECKPOINT_NAME, step=step,
-                trainable=deltaconv_state_dict(self.base), optimizer_state=self.optimizer.state_dict(),
+                trainable=student_state_dict(self.base), optimizer_state=self.optimizer.state_dict(),
                 lr_scheduler_state=self.lr_scheduler.state_dict(),
                 scaler_state=acc.scaler.state_dict() if acc.scaler is not None else None,
                 config=run_config, history=history)
@@ -317,13 +329,24 @@ class DistillTrainer:
                    "output_dir": str(self.output_dir)}
         if acc.is_main_process:
             # The integration's format: `deltaconv_kernels.integrations.diffusers.load(model, path)` restores it.
-            summary["weights"] = str(save(self.base, self.output_dir / WEIGHTS_DIR))
+            summary["weights"] = str(self._save_weights())
             if self.config.plot and history:
                 from deltaconv_kernels.distill.plots import plot_losses
 
                 summary["plot"] = str(plot_losses(history, self.output_dir / "loss.png"))
         acc.wait_for_everyone()
         return summary
+
+    def _save_weights(self) -> Path:
+        """ΔConvBlock students in the integration's format (`diffusers.load(model, path)` restores them); baseline
+        students as one safetensors file of `student_state_dict` (`load_student_state_dict` restores it)."""
+        if all(isinstance(m, DeltaConvAttention) for m in converted_layers(self.base).values()):
+            return save(self.base, self.output_dir / WEIGHTS_DIR)
+        from safetensors.torch import save as safetensors_bytes
+
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in student_state_dict(self.base).items()}
+        return checkpointing.atomic_write(self.output_dir / STUDENT_WEIGHTS,
+                                          lambda f: f.write(safetensors_bytes(tensors)))
 
     # ------------------------------------------------------------------ logs
 

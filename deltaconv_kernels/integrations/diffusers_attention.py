@@ -1,4 +1,5 @@
-"""`DeltaConvAttention`: a drop-in for a diffusers self-attention `attn1` that runs a `DeltaConvBlock`, and the
+"""`DeltaConvAttention`: a drop-in for a diffusers self-attention `attn1` that runs a `DeltaConvBlock`, on the
+`DistillableAttention` base it shares with the baselines' slot (teacher / student / distill modes), and the
 hooks that tell it the (H, W) of its token map (diffusers passes only `[B, N, C]` tokens; DESIGN §5)."""
 
 from __future__ import annotations
@@ -69,23 +70,26 @@ def attach_size_hook(site) -> SpatialSize:
     return size
 
 
-class DeltaConvAttention(nn.Module):
-    """Replaces a self-attention `Attention` inside a `BasicTransformerBlock`; same call signature.
+class DistillableAttention(nn.Module):
+    """Base of the layers that take an `attn1` slot (`DeltaConvAttention`, the baselines' `BaselineAttention`):
+    the trained module is `.student` (the attribute named by `student_attr`). With `attention` given the original
+    layer is kept as `.attention` for distillation, and `.mode` selects what forward returns: "student" the
+    student's output, "teacher" the original attention's output, "distill" the student's output while storing
+    `last_features = (student_out, teacher_out)` (teacher under no_grad, same input)."""
 
-    `.block` is the `DeltaConvBlock`. With `attention` given (convert(..., keep_attention=True)) the original
-    layer is kept as `.attention` for distillation, and `.mode` selects what forward returns:
-    "student" the block output, "teacher" the original attention output, "distill" the block output while
-    storing `last_features = (student_out, teacher_out)` (teacher under no_grad, same input).
-    """
+    student_attr = "block"
 
-    def __init__(self, block: DeltaConvBlock, size: SpatialSize, name: str, attention: nn.Module | None = None):
+    def __init__(self, size: SpatialSize, name: str, attention: nn.Module | None = None):
         super().__init__()
-        self.block = block
         self.attention = attention
         self.layer_name = name
         self._size = size
         self._mode = "student"
         self.last_features: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def student(self) -> nn.Module:
+        return getattr(self, self.student_attr)
 
     @property
     def mode(self) -> str:
@@ -97,7 +101,7 @@ class DeltaConvAttention(nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {value!r}")
         if value != "student" and self.attention is None:
             raise ValueError(f"{self.layer_name}: mode {value!r} needs the original attention, which was not "
-                             "kept: convert with keep_attention=True")
+                             "kept: convert (or replace_attention) with keep_attention=True")
         self._mode = value
         if value != "distill":
             self.last_features = None
@@ -107,7 +111,7 @@ class DeltaConvAttention(nn.Module):
         if self._mode == "teacher":
             return self.attention(hidden_states, encoder_hidden_states=encoder_hidden_states,
                                   attention_mask=attention_mask, **cross_attention_kwargs)
-        student = self._student(hidden_states, encoder_hidden_states, attention_mask)
+        student = self._student(hidden_states, encoder_hidden_states, attention_mask, **cross_attention_kwargs)
         if self._mode == "distill":
             with torch.no_grad():
                 teacher = self.attention(hidden_states, encoder_hidden_states=encoder_hidden_states,
@@ -115,7 +119,24 @@ class DeltaConvAttention(nn.Module):
             self.last_features = (student, teacher)
         return student
 
-    def _student(self, hidden_states, encoder_hidden_states, attention_mask) -> torch.Tensor:
+    def _student(self, hidden_states, encoder_hidden_states, attention_mask, **cross_attention_kwargs):
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def extra_repr(self) -> str:
+        return f"mode={self._mode!r}, kept_attention={self.attention is not None}"
+
+
+class DeltaConvAttention(DistillableAttention):
+    """Replaces a self-attention `Attention` inside a `BasicTransformerBlock`; same call signature.
+
+    `.block` is the `DeltaConvBlock` (the student); modes as in `DistillableAttention`.
+    """
+
+    def __init__(self, block: DeltaConvBlock, size: SpatialSize, name: str, attention: nn.Module | None = None):
+        super().__init__(size, name, attention)
+        self.block = block
+
+    def _student(self, hidden_states, encoder_hidden_states, attention_mask, **cross_attention_kwargs) -> torch.Tensor:
         if encoder_hidden_states is not None:
             raise ValueError(f"{self.layer_name}: got encoder_hidden_states, but a ΔConvBlock replaces "
                              "self-attention only")
@@ -130,6 +151,3 @@ class DeltaConvAttention(nn.Module):
             return self.block(hidden_states, size=size)
         except (ValueError, TypeError) as e:  # an error of this one layer names it
             raise type(e)(f"{self.layer_name}: {e}") from e
-
-    def extra_repr(self) -> str:
-        return f"mode={self._mode!r}, kept_attention={self.attention is not None}"

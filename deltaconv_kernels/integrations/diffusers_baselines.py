@@ -19,7 +19,7 @@ from deltaconv_kernels.baselines import (
     SDPASelfAttention,
 )
 from deltaconv_kernels.integrations import diffusers_models as dm
-from deltaconv_kernels.integrations.diffusers_attention import DeltaConvAttention, SpatialSize, attach_size_hook
+from deltaconv_kernels.integrations.diffusers_attention import DistillableAttention, SpatialSize, attach_size_hook
 
 METHODS = {
     "sdpa": SDPASelfAttention,
@@ -30,16 +30,18 @@ METHODS = {
 }
 
 
-class BaselineAttention(nn.Module):
-    """A baseline layer (`.layer`) in an `attn1` slot: same call signature, fed the (H, W) its size hook recorded."""
+class BaselineAttention(DistillableAttention):
+    """A baseline layer (`.layer`, the student) in an `attn1` slot: same call signature, fed the (H, W) its size
+    hook recorded. With `attention` kept (`replace_attention(..., keep_attention=True)`) it has the teacher /
+    distill modes of `DistillableAttention`, so the distillation trainer trains the baseline like a ΔConvBlock."""
 
-    def __init__(self, layer: nn.Module, size: SpatialSize, name: str):
-        super().__init__()
+    student_attr = "layer"
+
+    def __init__(self, layer: nn.Module, size: SpatialSize, name: str, attention: nn.Module | None = None):
+        super().__init__(size, name, attention)
         self.layer = layer
-        self.layer_name = name
-        self._size = size
 
-    def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, **cross_attention_kwargs):
+    def _student(self, hidden_states, encoder_hidden_states, attention_mask, **cross_attention_kwargs):
         size = self._size.get(hidden_states.shape[1], self.layer_name)
         return self.layer(hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
                           size=size, **cross_attention_kwargs)
@@ -54,13 +56,15 @@ def _check_plain_attention(attn: nn.Module, name: str) -> None:
                          "do not model")
 
 
-def replace_attention(model_or_pipeline, method: str, copy_weights: bool = True, **layer_kwargs) -> list[str]:
+def replace_attention(model_or_pipeline, method: str, copy_weights: bool = True, keep_attention: bool = False,
+                      **layer_kwargs) -> list[str]:
     """Replace every self-attention `attn1` with the baseline `method` (one of `METHODS`); returns the layer
-    names. `layer_kwargs` go to the baseline's constructor (e.g. `kernel_size=13` for neighborhood)."""
+    names. `layer_kwargs` go to the baseline's constructor (e.g. `kernel_size=13` for neighborhood).
+    `keep_attention` keeps the original attention as the teacher of a distillation (`DistillTrainer`)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     model = dm.resolve_denoiser(model_or_pipeline)
-    if any(isinstance(m, (DeltaConvAttention, BaselineAttention)) for m in model.modules()):
+    if any(isinstance(m, DistillableAttention) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} already has its self-attention replaced")
     sites = dm.find_sites(model)
     layer_kwargs = _layer_defaults(model, method, layer_kwargs)
@@ -78,7 +82,8 @@ def replace_attention(model_or_pipeline, method: str, copy_weights: bool = True,
             layer.to_out[0].load_state_dict(attn.to_out[0].state_dict())
         layers[site.name] = layer
     for site in sites:
-        site.block.attn1 = BaselineAttention(layers[site.name], attach_size_hook(site), site.name)
+        site.block.attn1 = BaselineAttention(layers[site.name], attach_size_hook(site), site.name,
+                                             attention=site.block.attn1 if keep_attention else None)
     if method == "ditfastattn":
         model.register_forward_pre_hook(GenerationClock(list(layers.values()), _scheduler_of(model_or_pipeline),
                                                         model), with_kwargs=True)

@@ -1,11 +1,13 @@
 """Models and data of the digits proof: scikit-learn's 8x8 digits upsampled to 16x16, a tiny class-conditional
-PixArt-style diffusion transformer (the teacher) and a small CNN digit classifier (the feature space of the
-Fréchet distance). Everything is built from configs with random weights: nothing is downloaded."""
+PixArt-style diffusion transformer (the teacher, `proofkit.build_pixart`) and a small CNN digit classifier (the
+feature space of the Fréchet distance). Everything is built from configs with random weights: nothing is
+downloaded."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from proofkit import ClassEmbedding, build_pixart
 from torch import nn
 
 IMAGE_SIZE = 16
@@ -27,59 +29,17 @@ def load_digit_images(size: int = IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tenso
 
 def build_teacher(hidden: int = 96, layers: int = 4, heads: int = 4):
     """A small PixArt transformer: 16x16x1 latents, patch 2 (8x8 tokens), class tokens through cross-attention."""
-    from diffusers import PixArtTransformer2DModel
-
-    return PixArtTransformer2DModel(
-        num_attention_heads=heads, attention_head_dim=hidden // heads, in_channels=1, out_channels=1,
-        num_layers=layers, cross_attention_dim=hidden, sample_size=IMAGE_SIZE, patch_size=2,
-        caption_channels=CAPTION_CHANNELS, use_additional_conditions=False, norm_type="ada_norm_single",
-        num_embeds_ada_norm=1000)
+    return build_pixart(1, IMAGE_SIZE, hidden, layers, heads, CAPTION_CHANNELS)
 
 
-class ClassEmbedding(nn.Module):
-    """The "text encoder" of the digits model: a label -> `[PROMPT_TOKENS, CAPTION_CHANNELS]` prompt embedding."""
-
-    def __init__(self):
-        super().__init__()
-        self.table = nn.Embedding(NUM_CLASSES, PROMPT_TOKENS * CAPTION_CHANNELS)
-        nn.init.normal_(self.table.weight, std=1.0)
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.table(labels).view(-1, PROMPT_TOKENS, CAPTION_CHANNELS)
+def build_embedding() -> ClassEmbedding:
+    return ClassEmbedding(NUM_CLASSES, PROMPT_TOKENS, CAPTION_CHANNELS)
 
 
-PREDICTION_TYPE = "v_prediction"  # a small model resolves low-noise steps far better with v than with ε
-
-
-def build_scheduler():
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                         prediction_type=PREDICTION_TYPE)
-
-
-def predict_noise(model, latents, timesteps, prompt_embeds):
-    return model(latents, encoder_hidden_states=prompt_embeds, timestep=timesteps,
-                 added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
-
-
-@torch.no_grad()
-def sample(model, prompt_embeds: torch.Tensor, noise: torch.Tensor, steps: int = 20, batch: int = 128):
-    """Deterministic DDIM sampling (eta = 0) from the given noise: same noise -> comparable samples. The model
-    output is the scheduler's prediction type (v)."""
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler.from_config(build_scheduler().config)
-    scheduler.set_timesteps(steps)
-    out = []
-    for start in range(0, noise.shape[0], batch):
-        x = noise[start:start + batch].clone()
-        cond = prompt_embeds[start:start + batch]
-        for t in scheduler.timesteps:
-            pred = predict_noise(model, x, t.expand(x.shape[0]), cond)
-            x = scheduler.step(pred, t, x).prev_sample
-        out.append(x.clamp(-1, 1))
-    return torch.cat(out)
+def shift_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random shifts of -1..1 px (the same for the whole batch): they make the feature space robust to the
+    samples' slight misalignments."""
+    return torch.roll(x, shifts=tuple(torch.randint(-1, 2, (2,), generator=gen).tolist()), dims=(2, 3))
 
 
 class DigitClassifier(nn.Module):

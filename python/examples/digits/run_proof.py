@@ -25,23 +25,31 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from digits_models import (  # noqa: E402
-    PREDICTION_TYPE,
-    ClassEmbedding,
     DigitClassifier,
-    build_scheduler,
+    build_embedding,
     build_teacher,
     load_digit_images,
-    sample,
+    shift_augment,
 )
-from digits_teacher import train_classifier, train_teacher  # noqa: E402
+from proofkit import (  # noqa: E402
+    PREDICTION_TYPE,
+    ZeroOutput,
+    build_scheduler,
+    psnr,
+    sample,
+    save_grid,
+    start_run,
+    train_classifier,
+    train_teacher,
+)
 
 from deltaconv_kernels.distill.data import LatentDataset, load_latents_file  # noqa: E402
 from deltaconv_kernels.distill.evaluation import extract, frechet_distance  # noqa: E402
 from deltaconv_kernels.distill.losses import LossWeights  # noqa: E402
-from deltaconv_kernels.distill.models import deltaconv_state_dict, load_deltaconv_state_dict  # noqa: E402
+from deltaconv_kernels.distill.models import load_student_state_dict, student_state_dict  # noqa: E402
 from deltaconv_kernels.distill.trainer import DistillConfig, DistillTrainer  # noqa: E402
 from deltaconv_kernels.integrations.diffusers import convert, iter_deltaconv_modules, set_mode  # noqa: E402
 
@@ -57,14 +65,16 @@ def get_teacher(out: Path, images, labels, cfg: dict, log):
     if path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state["model_config"] == arch and state.get("prediction_type") == PREDICTION_TYPE:
-            model, embed = build_teacher(**arch), ClassEmbedding()
+            model, embed = build_teacher(**arch), build_embedding()
             model.load_state_dict(state["model"])
             embed.load_state_dict(state["embed"])
             log(f"teacher: reused {path} ({state['info']})")
             info = {**state["info"], "reused": True}
             return model.eval().requires_grad_(False), embed.eval().requires_grad_(False), info
-    model, embed, info = train_teacher(images, labels, steps=cfg["teacher_steps"], max_seconds=cfg["teacher_seconds"],
-                                       log_every=100 if cfg is FULL else 0, **arch)
+    model, embed, info = train_teacher(lambda: build_teacher(**arch), build_embedding, images, labels,
+                                       steps=cfg["teacher_steps"], max_seconds=cfg["teacher_seconds"],
+                                       log_every=100 if cfg is FULL else 0)
+    info.pop("curve")
     torch.save({"model_config": arch, "prediction_type": PREDICTION_TYPE, "model": model.state_dict(),
                 "embed": embed.state_dict(), "info": info}, path)
     log(f"teacher: trained {info}")
@@ -80,54 +90,16 @@ def get_classifier(out: Path, images, labels, cfg: dict, log):
         log(f"classifier: reused {path} (held-out accuracy {state['accuracy']:.4f})")
         return clf.eval().requires_grad_(False), state["accuracy"]
     t0 = time.time()
-    clf, acc = train_classifier(images, labels, epochs=cfg["clf_epochs"])
+    clf, acc = train_classifier(DigitClassifier, images, labels, epochs=cfg["clf_epochs"], augment=shift_augment)
     torch.save({"model": clf.state_dict(), "accuracy": acc}, path)
     log(f"classifier: trained in {time.time() - t0:.0f}s, held-out accuracy {acc:.4f}")
     return clf, acc
 
 
-class ZeroOutput:
-    """Forward hook making a layer's output zero: the teacher with self-attention removed."""
-
-    def __call__(self, module, args, output):
-        return torch.zeros_like(output)
-
-
-def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """Mean over samples of 10 log10(range² / MSE) for images in [-1, 1] (range 2)."""
-    mse = (x - ref).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(4.0 / mse)).mean())
-
-
-def save_grid(rows: dict[str, torch.Tensor], path: Path, per_row: int = 20) -> None:
-    """One labelled strip per variant: the same `per_row` noises/classes (0-9, 0-9) in each, 2-px gaps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows), 1, figsize=(per_row * 0.55, len(rows) * 0.85))
-    for ax, (name, imgs) in zip(axes, rows.items()):
-        tiles = [torch.nn.functional.pad(im[0], (1, 1, 1, 1), value=1.0) for im in imgs[:per_row]]
-        strip = torch.cat(tiles, dim=1)
-        ax.imshow(((strip + 1) / 2).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name, fontsize=8, loc="left")
-        ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def run(out: Path, smoke: bool = False, threads: int = 2, results: Path | None = None, grid: Path | None = None,
         seed: int = 0) -> dict:
     cfg = SMOKE if smoke else FULL
-    torch.set_num_threads(threads)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
-
-    def log(msg):
-        print(f"[{time.time() - t_start:6.0f}s] {msg}", flush=True)
+    t_start, log = start_run(out, threads)
 
     images, labels = load_digit_images()
     teacher, embed, teacher_info = get_teacher(out, images, labels, cfg, log)
@@ -142,7 +114,7 @@ def run(out: Path, smoke: bool = False, threads: int = 2, results: Path | None =
     student = copy.deepcopy(teacher)
     report = convert(student, kernel_sizes=cfg["kernel_size"], keep_attention=True)
     log(f"converted {len(report)} layers, K={cfg['kernel_size']}, gate={report.layers[0].gate}")
-    fresh = {k: v.clone() for k, v in deltaconv_state_dict(student).items()}
+    fresh = {k: v.clone() for k, v in student_state_dict(student).items()}
     dcfg = DistillConfig(output_dir=str(out / "distill"), max_steps=cfg["distill_steps"],
                          batch_size=cfg["distill_batch"], learning_rate=cfg["distill_lr"],
                          warmup_steps=max(1, cfg["distill_steps"] // 20), checkpoint_every=100, log_every=10,
@@ -151,7 +123,7 @@ def run(out: Path, smoke: bool = False, threads: int = 2, results: Path | None =
     summary = DistillTrainer(student, build_scheduler(), dataset, dcfg).train()
     distill_seconds = time.time() - t0
     log(f"distilled {summary['steps']} steps in {distill_seconds:.0f}s: {summary['final']}")
-    distilled = {k: v.clone() for k, v in deltaconv_state_dict(student).items()}
+    distilled = {k: v.clone() for k, v in student_state_dict(student).items()}
 
     # Same noise and classes for every variant.
     gen = torch.Generator().manual_seed(seed + 1)
@@ -163,7 +135,7 @@ def run(out: Path, smoke: bool = False, threads: int = 2, results: Path | None =
 
     def generate(mode: str, weights=None, zero_attention=False):
         if weights is not None:
-            load_deltaconv_state_dict(student, weights)
+            load_student_state_dict(student, weights)
         set_mode(student, mode)
         hooks = [m.register_forward_hook(ZeroOutput()) for _, m in iter_deltaconv_modules(student)] \
             if zero_attention else []
