@@ -54,7 +54,7 @@ from proofkit import (  # noqa: E402
 )
 
 from deltaconv_kernels import flops  # noqa: E402
-from deltaconv_kernels.bench import time_call  # noqa: E402
+from deltaconv_kernels.bench_timing import interleaved  # noqa: E402
 from deltaconv_kernels.distill.data import LatentDataset  # noqa: E402
 from deltaconv_kernels.distill.evaluation import extract, frechet_distance  # noqa: E402
 from deltaconv_kernels.distill.losses import LossWeights  # noqa: E402
@@ -213,8 +213,7 @@ def feature_errors(model, x_t, t, cond, zero=False) -> dict[str, float]:
 def latency_ms(layer, x, size, rounds: int) -> float:
     with torch.no_grad():
         call = (lambda: layer(x)) if size is None else (lambda: layer(x, size=size))
-        time_call(call, 3)
-        return 1e3 * statistics.median(time_call(call, rounds))
+        return 1e3 * interleaved({"layer": call}, rounds, warmup=3)["layer"].median
 
 
 def cost_rows(teacher, students: dict, kernel_sizes: dict, nb_kernels: dict, cfg: dict) -> dict:
