@@ -190,9 +190,10 @@ def build_layer(method: str, model: str, device, dtype, mode: str = "forward", i
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-def make_call(case: Case, cfg: BenchConfig, x: torch.Tensor | None = None):
-    """A no-argument callable running one forward of the case's layer (synchronised), and its implementation."""
-    layer, impl = build_layer(case.method, case.model, cfg.device, cfg.dtype, case.mode, case.impl)
+def make_call(case: Case, cfg: BenchConfig, x: torch.Tensor | None = None, built=None):
+    """A no-argument callable running one forward of the case's layer (synchronised), and its implementation.
+    `built`: the case's (layer, implementation) from `_build`, when already made."""
+    layer, impl = built if built is not None else _build(case, cfg)
     h, w = case.tokens
     if x is None:
         x = torch.empty(cfg.batch, h * w, case.shape.channels, device=cfg.device, dtype=cfg.dtype).uniform_(-1, 1)
@@ -329,12 +330,13 @@ def measure_group(group: list[Case], planner: Planner, driver=None) -> list[Reco
     warmup)` may run the rounds (pytest-benchmark does); by default `interleaved` does."""
     cfg = planner.cfg
     out: list[Record] = []
-    impls, unavailable = {}, {}
+    built, unavailable = {}, {}
     for c in group:
         try:
-            impls[c] = _implementation(c, cfg)
+            built[c] = _build(c, cfg)
         except RuntimeError as exc:  # a forced implementation that cannot run here says why
             unavailable[c] = str(exc)
+    impls = {c: impl for c, (_, impl) in built.items()}
     auto = {c.method: impls.get(c) for c in group if c.mode == "forward"}
     for c in group:
         if c.impl is not None and c in impls and auto.get(c.method) == c.impl:
@@ -365,7 +367,7 @@ def measure_group(group: list[Case], planner: Planner, driver=None) -> list[Reco
     first = next(iter(runnable))
     h, w = first.tokens
     x = torch.empty(cfg.batch, h * w, first.shape.channels, device=cfg.device, dtype=cfg.dtype).uniform_(-1, 1)
-    calls = {c: make_call(c, cfg, x)[0] for c in runnable}
+    calls = {c: make_call(c, cfg, x, built[c])[0] for c in runnable}
     rr = RoundRobin({c.name: calls[c] for c in runnable})
     if driver is None:
         timings = interleaved(rr.calls, cfg.rounds, cfg.warmup)
@@ -388,9 +390,9 @@ def measure_group(group: list[Case], planner: Planner, driver=None) -> list[Reco
     return out
 
 
-def _implementation(case: Case, cfg: BenchConfig) -> str:
-    """What runs for the case (building the layer is cheap; its input is not built here)."""
-    return build_layer(case.method, case.model, cfg.device, cfg.dtype, case.mode, case.impl)[1]
+def _build(case: Case, cfg: BenchConfig):
+    """The case's (layer, implementation); building a layer is cheap next to its input."""
+    return build_layer(case.method, case.model, cfg.device, cfg.dtype, case.mode, case.impl)
 
 
 def speedups(model: str, label: str, dtype: str, batch: int, timed: dict) -> list[dict]:
@@ -528,7 +530,11 @@ def write_json(path: Path, env: dict, records: list[Record], speeds: list[dict],
 
 
 def read_json(path: Path) -> tuple[dict, list[Record], list[dict]]:
-    data = json.loads(Path(path).read_text())
+    return parse_json(json.loads(Path(path).read_text()))
+
+
+def parse_json(data: dict) -> tuple[dict, list[Record], list[dict]]:
+    """(environment, records, speedups) of a loaded bench.json."""
     return data["environment"], [Record(**d) for d in data["results"]], data["speedups"]
 
 

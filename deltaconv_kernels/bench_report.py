@@ -8,6 +8,7 @@ command that made it), so the tables there are never edited by hand.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -222,7 +223,7 @@ def splice(results_md: Path, sections: list[str]) -> None:
 
 
 def main(argv=None) -> int:
-    from deltaconv_kernels.bench import read_json
+    from deltaconv_kernels.bench import parse_json
 
     parser = argparse.ArgumentParser(description="bench.json -> markdown (and RESULTS.md's bench section)")
     parser.add_argument("json", nargs="+", help="bench.json files, one section each")
@@ -232,10 +233,9 @@ def main(argv=None) -> int:
     sections = []
     try:
         for i, path in enumerate(args.json):
-            env, records, speeds = read_json(Path(path))
-            import json
-
-            command = json.loads(Path(path).read_text()).get("command", "deltaconv bench")
+            data = json.loads(Path(path).read_text())
+            env, records, speeds = parse_json(data)
+            command = data.get("command", "deltaconv bench")
             title = args.title[i] if i < len(args.title) else f"{env['device_type']} {env['dtype']} B={env['batch']}"
             sections.append(f"### {title}\n\n" + format_markdown(records, speeds, env, command))
         if args.results:

@@ -253,16 +253,18 @@ def test_forced_neighborhood_variant_is_skipped_with_its_reason(monkeypatch):
     group = bench.cases_for("sdxl", bench.resolution("512"), ("deltaconv", "neighborhood"))
     assert [c.mode for c in group if c.method == "neighborhood"] == ["forward", *bench.NEIGHBORHOOD_VARIANTS]
 
+    real_build = bench._build
+
     def no_flex(case, cfg):
         if case.impl == "flex":
             raise RuntimeError("impl='flex' was forced but torch.compile cannot build CPU kernels")
-        return "reference" if case.method == "neighborhood" else "cpu"
+        return real_build(case, cfg)
 
-    monkeypatch.setattr(bench, "_implementation", no_flex)
+    monkeypatch.setattr(bench, "_build", no_flex)
     p = planner(max_call_s=1e-9)  # nothing runs: only the decisions are checked
     records = {r.mode: r for r in bench.measure_group(group, p) if r.method == "neighborhood"}
     assert records["flex"].seconds_median is None and "cannot build CPU kernels" in records["flex"].reason
-    monkeypatch.setattr(bench, "_implementation", lambda case, cfg: "flex")  # e.g. on a GPU: flex is the choice
+    monkeypatch.setattr(bench, "_build", lambda case, cfg: (real_build(case, cfg)[0], "flex"))  # as on a GPU
     records = {r.mode: r for r in bench.measure_group(group, planner(max_call_s=1e-9))
                if r.method == "neighborhood"}
     assert "already the layer's own choice" in records["flex"].reason
