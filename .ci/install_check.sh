@@ -60,8 +60,9 @@ echo "install_check: 3. pip install --no-build-isolation . and pip wheel . in th
 t0=$SECONDS
 "$V" -m pip install -q --no-build-isolation "$work/src" > "$work/nbi.log" 2>&1 || { tail -40 "$work/nbi.log"; fail "--no-build-isolation failed"; }
 "$V" -m pip wheel -q --no-deps -w "$work/wheels" "$work/src" > "$work/wheel.log" 2>&1 || { tail -40 "$work/wheel.log"; fail "pip wheel failed"; }
-"$V" -m zipfile -l "$work"/wheels/deltaconv_kernels-*.whl | grep -q "deltaconv_kernels/_C_build.json" || \
-  fail "the wheel lacks the build record"
+# Read the listing in Python: `zipfile -l | grep -q` dies of a broken pipe under pipefail when grep stops early.
+"$V" -c 'import sys, zipfile; sys.exit("deltaconv_kernels/_C_build.json" not in zipfile.ZipFile(sys.argv[1]).namelist())' \
+  "$work"/wheels/deltaconv_kernels-*.whl || fail "the wheel lacks the build record"
 (cd "$work" && "$V" -c "import deltaconv_kernels as d; assert d.available_backends()['cpu'].available") || \
   fail "the cpu backend is unavailable after --no-build-isolation"
 echo "install_check:    both worked in $((SECONDS - t0)) s"

@@ -27,7 +27,7 @@ done
 # c10/cuda/impl/cuda_cmake_macros.h, which only holds build-time macros: an empty stand-in suffices.
 if TORCH_INC="$(python -c 'import torch.utils.cpp_extension as c; print(" ".join(c.include_paths()))' 2>/dev/null)"; then
   # nvcc's own include path (nvcc may be a wrapper script, so ask it rather than guess from its location).
-  CUDA_INC="$("$NVCC" --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/.*INCLUDES="-I\([^"]*\)".*/\1/p' | head -1)"
+  CUDA_INC="$("$NVCC" --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/.*INCLUDES="-I\([^"]*\)".*/\1/p' | sed -n 1p)"
   mkdir -p "$out/stub/c10/cuda/impl"
   [ -f "$(echo "$TORCH_INC" | cut -d' ' -f1)/c10/cuda/impl/cuda_cmake_macros.h" ] || \
     echo '#pragma once' > "$out/stub/c10/cuda/impl/cuda_cmake_macros.h"
