@@ -26,12 +26,14 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from deltaconv_kernels import bench, flops
 from deltaconv_kernels.bench_timing import Record, interleaved, peak_memory, synchronizer
+from deltaconv_kernels.fileio import atomic_write
 
 MODELS = ("pixart", "sd15")
 PARTS = ("step", "layer-backward", "compile")
@@ -343,8 +345,26 @@ def format_markdown(records: list[Record]) -> str:
     return "\n".join(out)
 
 
+def case_key(r: Record) -> tuple:
+    """What makes two records the same case: a rerun of it replaces the older record."""
+    return (r.mode, r.model, r.resolution, r.dtype, r.batch, r.method, r.implementation)
+
+
+def merge_records(old: list[Record], new: list[Record]) -> list[Record]:
+    """`old` with each case that `new` measured again replaced in place, then `new`'s other cases."""
+    fresh = {case_key(r): r for r in new}
+    merged = [fresh.pop(case_key(r), r) for r in old]
+    return merged + list(fresh.values())
+
+
+def read_json(path) -> tuple[dict, list[Record]]:
+    data = json.loads(Path(path).read_text())
+    return data["environment"], [Record(**d) for d in data["records"]]
+
+
 def write_json(records: list[Record], path, environment: dict) -> None:
-    path.write_text(json.dumps({"environment": environment, "records": [asdict(r) for r in records]}, indent=2))
+    text = json.dumps({"environment": environment, "records": [asdict(r) for r in records]}, indent=2)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------------
@@ -361,6 +381,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--e2e-parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     parser.add_argument("--e2e-compile-backend", default="inductor",
                         help="torch.compile backend of the compile part (default inductor)")
+    parser.add_argument("--e2e-merge", action="store_true",
+                        help=f"merge into the {OUTPUT_NAME} already in --out: the cases measured again replace "
+                             "their records, the others are kept (their runs listed under environment.earlier_runs)")
     parser.add_argument("--e2e-tiny", action="store_true",
                         help="small configs of the same model classes: checks the code path, measures nothing real")
 
@@ -390,13 +413,17 @@ def _options(args: argparse.Namespace) -> dict:
             "resolutions": resolutions, "rounds": args.e2e_rounds,
             "device": device, "dtype": bench.DTYPES[dtype_label], "dtype_label": dtype_label,
             "batch": args.batch or 2, "out": check_output_dir(args.out, "--out"),
-            "compile_backend": args.e2e_compile_backend, "tiny": bool(args.e2e_tiny)}
+            "compile_backend": args.e2e_compile_backend, "tiny": bool(args.e2e_tiny), "merge": bool(args.e2e_merge)}
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     opts = _options(args)
+    previous = opts["out"] / OUTPUT_NAME
+    if opts["merge"] and not previous.is_file():
+        raise ValueError(f"--e2e-merge needs an earlier {OUTPUT_NAME} in --out, and {previous} does not exist")
+    earlier = read_json(previous) if opts["merge"] else None  # read first: a bad file fails before any timing
     total = (len(opts["models"]) * len(opts["resolutions"]) if "step" in opts["parts"] else 0) + \
         sum(p in opts["parts"] for p in ("layer-backward", "compile"))
     t0 = time.perf_counter()
@@ -415,9 +442,11 @@ def run(args: argparse.Namespace) -> int:
     env.update(wall_s=time.perf_counter() - t0, tiny=opts["tiny"], rounds=opts["rounds"], parts=opts["parts"],
                models=opts["models"], methods=opts["methods"], resolutions=[r.label for r in opts["resolutions"]],
                compile_backend=opts["compile_backend"])
-    out = opts["out"]
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(records, out / OUTPUT_NAME, env)
     print(format_markdown(records))
-    print(f"wrote {out / OUTPUT_NAME} ({len(records)} records, {env['wall_s']:.0f} s)")
+    if earlier is not None:
+        old_env, old_records = earlier
+        env["earlier_runs"] = old_env.pop("earlier_runs", []) + [old_env]
+        records = merge_records(old_records, records)
+    write_json(records, previous, env)
+    print(f"wrote {previous} ({len(records)} records, {env['wall_s']:.0f} s)")
     return 0

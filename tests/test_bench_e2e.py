@@ -184,3 +184,35 @@ def test_measure_peak_call_then_warmup_then_interleaved_rounds(warmup):
     assert order == ["a", "b"] * (1 + warmup + 3)  # peak-memory calls first, then round-robin
     assert {name: timing.rounds for name, (timing, _, _) in out.items()} == {"a": 3, "b": 3}
     assert all(isinstance(peak, int) and "RSS" in how for _, peak, how in out.values())
+
+
+def test_merge_replaces_the_cases_measured_again(tmp_path):
+    first = namespace(tmp_path, e2e_models="pixart", e2e_parts="step", e2e_methods="deltaconv,sdpa", e2e_rounds=1)
+    assert bench_e2e.run(first) == 0
+    path = tmp_path / "out" / bench_e2e.OUTPUT_NAME
+    before = bench_e2e.read_json(path)[1]
+    again = namespace(tmp_path, e2e_models="pixart", e2e_parts="step", e2e_methods="deltaconv,linfusion",
+                      e2e_rounds=2, e2e_merge=True)
+    assert bench_e2e.run(again) == 0
+    env, merged = bench_e2e.read_json(path)
+    assert [(r.method, r.rounds) for r in merged] == [("sdpa", 1), ("deltaconv", 2), ("linfusion", 2)]
+    assert merged[0] == before[0]  # the case not measured again is kept as it was
+    assert env["rounds"] == 2 and [e["rounds"] for e in env["earlier_runs"]] == [1]
+
+
+def test_merge_without_an_earlier_file_is_refused_before_timing(tmp_path):
+    with pytest.raises(ValueError, match="--e2e-merge"):
+        bench_e2e.run(namespace(tmp_path, e2e_merge=True))
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_records_order():
+    def rec(method, resolution, seconds):
+        return Record(method=method, model="pixart", resolution=resolution, height=1, width=1, dtype="bf16",
+                      batch=2, implementation="x", seconds_median=seconds, seconds_iqr=0.0, rounds=1, processes=1,
+                      peak_bytes=0, flops_executed=0.0, flops_ideal=0.0, extrapolated=False, mode="denoiser step")
+    old = [rec("sdpa", "512", 1.0), rec("deltaconv", "512", 2.0)]
+    new = [rec("deltaconv", "1K", 3.0), rec("sdpa", "512", 4.0)]
+    merged = bench_e2e.merge_records(old, new)
+    assert [(r.method, r.resolution, r.seconds_median) for r in merged] == [
+        ("sdpa", "512", 4.0), ("deltaconv", "512", 2.0), ("deltaconv", "1K", 3.0)]
