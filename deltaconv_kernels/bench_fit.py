@@ -48,7 +48,8 @@ class FlopsFit:
                 b = (s2 - s1) / (f2 - f1)
                 if b > 0:
                     preds.append(max(s1 + b * (flops - f1), b * flops * 1e-3))
-        return min(preds) * (1 - self.rel_noise), max(preds) * (1 + self.rel_noise)
+        # a point whose IQR exceeds its median would push the low end below zero: no time is negative
+        return max(min(preds) * (1 - self.rel_noise), 0.0), max(preds) * (1 + self.rel_noise)
 
     def as_dict(self, at_flops: float | None = None) -> dict:
         d = {"model": "seconds = a + b * flops_executed", **asdict(self)}

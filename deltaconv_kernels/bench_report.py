@@ -15,6 +15,10 @@ from pathlib import Path
 from deltaconv_kernels.bench_timing import Record
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+FIT_CHECK_TITLE = "Extrapolation check: the FLOPs fit against the largest measured size"
+FIT_CHECK_TEXT = ("Each row fits t = a + b·FLOPs_executed on a method's smaller measured sizes (from all the files "
+                  "above) and predicts its largest one, which was measured too: how far the extrapolations in the "
+                  "tables above can be trusted. Error = predicted / measured − 1.")
 
 
 def _label(r: Record) -> str:
@@ -66,6 +70,33 @@ def extrapolated_table(records: list[Record]) -> list[list[str]]:
         lo, hi = r.fit["band_s"]
         on = ", ".join(f"{f / 1e9:.3g}" for f in r.fit["flops"])
         out.append([r.model, _label(r), r.resolution, _ms(r.seconds_median), f"{_ms(lo)}–{_ms(hi)}", on, r.reason])
+    return out
+
+
+def fit_check_table(records: list[Record]) -> list[list[str]]:
+    """How far the FLOPs fit is off where it can be checked: for each method (and dtype, batch) measured at 3 or
+    more sizes, fit on all but the largest and compare the prediction with the largest's measurement. Records may
+    come from several runs; for a size measured twice the later record counts."""
+    from deltaconv_kernels.bench_fit import FlopsFit
+
+    series: dict[tuple, dict[str, Record]] = {}
+    for r in records:
+        if r.extrapolated or not r.seconds_median or r.flops_executed <= 0 or r.mode.startswith("schedule"):
+            continue
+        series.setdefault((r.model, _label(r), r.implementation, r.dtype, r.batch), {})[r.resolution] = r
+    out = [["model", "method", "dtype", "fitted on", "checked at", "predicted ms", "band ms", "measured ms",
+            "error", "in band"]]
+    for (model, label, _, dtype, _), by_res in series.items():
+        pts = sorted(by_res.values(), key=lambda r: r.flops_executed)
+        if len({p.flops_executed for p in pts}) < 3:
+            continue
+        *known, last = pts
+        fit = FlopsFit.fit([p.flops_executed for p in known], [p.seconds_median for p in known],
+                           max((p.seconds_iqr or 0.0) / p.seconds_median for p in known))
+        pred, (lo, hi) = fit.predict(last.flops_executed), fit.band(last.flops_executed)
+        out.append([model, label, dtype, ", ".join(p.resolution for p in known), last.resolution, _ms(pred),
+                    f"{_ms(lo)}–{_ms(hi)}", _ms(last.seconds_median), f"{pred / last.seconds_median - 1:+.0%}",
+                    "yes" if lo <= last.seconds_median <= hi else "no"])
     return out
 
 
@@ -229,15 +260,21 @@ def main(argv=None) -> int:
     parser.add_argument("json", nargs="+", help="bench.json files, one section each")
     parser.add_argument("--title", action="append", default=[], help="a heading per JSON file (in order)")
     parser.add_argument("--results", default=None, help="RESULTS.md whose bench section to rewrite")
+    parser.add_argument("--fit-check", action="store_true",
+                        help="append a section that checks the FLOPs fit against each method's largest measured "
+                             "size, over the records of all the files")
     args = parser.parse_args(argv)
-    sections = []
+    sections, pooled = [], []
     try:
         for i, path in enumerate(args.json):
             data = json.loads(Path(path).read_text())
             env, records, speeds = parse_json(data)
+            pooled += records
             command = data.get("command", "deltaconv bench")
             title = args.title[i] if i < len(args.title) else f"{env['device_type']} {env['dtype']} B={env['batch']}"
             sections.append(f"### {title}\n\n" + format_markdown(records, speeds, env, command))
+        if args.fit_check:
+            sections.append(f"### {FIT_CHECK_TITLE}\n\n{FIT_CHECK_TEXT}\n\n" + markdown(fit_check_table(pooled)))
         if args.results:
             splice(Path(args.results), sections)
         else:

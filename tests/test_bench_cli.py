@@ -82,6 +82,8 @@ def test_flops_fit_refuses_one_point_and_never_predicts_falling_time():
         FlopsFit.fit([1e9, 1e9], [1.0, 2.0])
     fit = FlopsFit.fit([1e9, 2e9], [2.0, 1.0])  # noise made time fall: proportional fallback
     assert fit.b > 0 and fit.predict(4e9) > fit.predict(2e9)
+    noisy = FlopsFit.fit([1e9, 2e9], [1.0, 2.0], rel_noise=1.5)  # IQR above the median: the band stops at 0
+    assert noisy.band(4e9) == (0.0, pytest.approx(4.0 * 2.5))
 
 
 def test_a_quadratic_method_is_extrapolated_by_its_flops_not_a_power_law():
@@ -211,6 +213,28 @@ def test_report_keeps_measured_and_extrapolated_apart(tmp_path):
     assert "old" not in text and "### T" in text and "`deltaconv bench --x`" in text and text.endswith("after\n")
     (tmp_path / "bad.md").write_text("no markers")
     assert bench_report.main([str(tmp_path / "b.json"), "--results", str(tmp_path / "bad.md")]) == 2
+
+
+def test_fit_check_predicts_the_largest_size_from_the_others(tmp_path):
+    p = planner(max_call_s=1e9)
+    for label in ("512", "1K", "2K"):  # exactly linear in FLOPs: the fit on 512 and 1K predicts 2K
+        case = bench.Case("linfusion", "pixart", bench.resolution(label))
+        fake(p, "linfusion", "pixart", label, 0.01 + 1e-11 * flops_of(case)[0])
+    fake(p, "sdpa", "pixart", "512", 0.3)  # two sizes only: nothing to check
+    fake(p, "sdpa", "pixart", "1K", 2.0)
+    later = fake(p, "linfusion", "pixart", "2K", 2 * p.records[2].seconds_median)  # a later run of 2K counts
+    table = bench_report.fit_check_table(p.records)
+    assert len(table) == 2
+    row = dict(zip(table[0], table[1]))
+    assert (row["method"], row["fitted on"], row["checked at"]) == ("linfusion", "512, 1K", "2K")
+    assert row["measured ms"] == bench_report._ms(later.seconds_median)
+    assert row["error"] == "-50%" and row["in band"] == "no"
+    env = bench.environment(p.cfg)
+    bench.write_json(tmp_path / "b.json", env, p.records, [], {"command": "deltaconv bench --x"})
+    res = tmp_path / "RESULTS.md"
+    res.write_text(f"{bench_report.BEGIN}\n{bench_report.END}\n")
+    assert bench_report.main([str(tmp_path / "b.json"), "--results", str(res), "--fit-check"]) == 0
+    assert f"### {bench_report.FIT_CHECK_TITLE}" in res.read_text() and "| 512, 1K | 2K |" in res.read_text()
 
 
 # ---- CLI --------------------------------------------------------------------------------------------------
