@@ -275,8 +275,7 @@ class Planner:
         pts = self.measured(case)
         if len({p.flops_executed for p in pts}) < 2 or any(p.flops_executed <= 0 for p in pts):
             return None  # (a step that computes nothing, DiTFastAttn's share_timestep, has no FLOPs to fit on)
-        noise = max((p.seconds_iqr or 0.0) / p.seconds_median for p in pts)
-        return FlopsFit.fit([p.flops_executed for p in pts], [p.seconds_median for p in pts], noise)
+        return FlopsFit.from_records(pts)
 
     def predict(self, case: Case, executed: float) -> float | None:
         """From the FLOPs fit; with one measured size, scaled by the FLOPs ratio; else unknown."""
@@ -485,8 +484,7 @@ def merge_processes(runs: list[dict]) -> tuple[list[Record], list[dict]]:
             pts = sorted((m for m in out if (m.method, m.mode, m.model, m.dtype, m.batch)
                           == (r.method, r.mode, r.model, r.dtype, r.batch)), key=lambda m: m.flops_executed)
             if len({p.flops_executed for p in pts}) >= 2:
-                fit = FlopsFit.fit([p.flops_executed for p in pts], [p.seconds_median for p in pts],
-                                   max((p.seconds_iqr or 0) / p.seconds_median for p in pts))
+                fit = FlopsFit.from_records(pts)
                 r.seconds_median, r.extrapolated, r.fit = fit.predict(r.flops_executed), True, \
                     fit.as_dict(r.flops_executed)
             out.append(r)

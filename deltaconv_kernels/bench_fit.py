@@ -37,6 +37,13 @@ class FlopsFit:
             a, b = 0.0, sum(seconds) / sum(flops)
         return cls(a, b, flops, seconds, float(rel_noise))
 
+    @classmethod
+    def from_records(cls, records) -> FlopsFit:
+        """Fitted on measured records (anything with flops_executed, seconds_median and seconds_iqr), with the
+        largest relative IQR among them as the noise."""
+        return cls.fit([r.flops_executed for r in records], [r.seconds_median for r in records],
+                       max((r.seconds_iqr or 0.0) / r.seconds_median for r in records))
+
     def predict(self, flops: float) -> float:
         return max(self.a + self.b * flops, self.b * flops * 1e-3)
 

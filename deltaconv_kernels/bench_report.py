@@ -91,8 +91,7 @@ def fit_check_table(records: list[Record]) -> list[list[str]]:
         if len({p.flops_executed for p in pts}) < 3:
             continue
         *known, last = pts
-        fit = FlopsFit.fit([p.flops_executed for p in known], [p.seconds_median for p in known],
-                           max((p.seconds_iqr or 0.0) / p.seconds_median for p in known))
+        fit = FlopsFit.from_records(known)
         pred, (lo, hi) = fit.predict(last.flops_executed), fit.band(last.flops_executed)
         out.append([model, label, dtype, ", ".join(p.resolution for p in known), last.resolution, _ms(pred),
                     f"{_ms(lo)}–{_ms(hi)}", _ms(last.seconds_median), f"{pred / last.seconds_median - 1:+.0%}",
