@@ -18,6 +18,9 @@ import torch
 import triton
 
 from deltaconv_kernels.runtime_env import triton_interpreting
+from deltaconv_kernels.triton import interpreter_compat
+
+interpreter_compat.install()
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
