@@ -30,7 +30,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["deltaconv_kernels*"]),
     # A range, not a pin: an existing torch (CPU or CUDA build) satisfies it, so pip installs no second torch.
-    install_requires=["torch>=2.4"],
+    install_requires=[f"torch>={build_helpers.OLDEST_TORCH}"],
     extras_require={
         "test": ["pytest", "hypothesis", "pytest-benchmark"],
         "diffusers": ["diffusers>=0.30", "accelerate", "safetensors"],

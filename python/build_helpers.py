@@ -123,11 +123,65 @@ def isa_builds(root: str, machine: str | None = None) -> list[tuple[str, list[st
     return [(name, [f"-m{f}" for f in feats]) for name, feats in isa_table(root)[1] if x86 or not feats]
 
 
+# ---- the C++ standard ----------------------------------------------------------------------------------------------
+
+# The sources use C++20 (constinit kernel tables, designated initialisers). torch's cpp_extension adds its own
+# `-std=` only when none is given, and its default moved from c++17 (torch <= 2.12) to c++20 (2.13): set it here so
+# every supported torch compiles the same language, for g++ and nvcc alike.
+CXX_STD = "-std=c++20"
+# The oldest torch the package is built and tested against (the GPU image's; CI runs 2.13).
+OLDEST_TORCH = "2.11"
+
+
 # ---- CUDA --------------------------------------------------------------------------------------------------------
+
+def nvcc_toolkit(nvcc: str) -> str | None:
+    """The CUDA toolkit folder of `nvcc`, as nvcc itself reports it (`--dryrun` prints `_HERE_=<toolkit>/bin`).
+    Asking nvcc is what works when the nvcc on PATH is a wrapper script outside the toolkit: torch would take the
+    wrapper's parent folder and find no cuda_runtime.h there."""
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (out.stdout + out.stderr).splitlines():
+        m = re.match(r"#\$ _HERE_=(.+)$", line.strip())
+        if m:
+            home = os.path.dirname(os.path.normpath(m.group(1).strip()))
+            if os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")):
+                return home
+    real = os.path.realpath(nvcc)
+    home = os.path.dirname(os.path.dirname(real))
+    return home if os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")) else None
+
+
+def cuda_home() -> tuple[str | None, str]:
+    """(CUDA toolkit folder or None, where it came from). CUDA_HOME / CUDA_PATH win when set; else the toolkit of
+    the nvcc on PATH. Must be decided before torch.utils.cpp_extension is imported (it reads CUDA_HOME once)."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var], f"${var}"
+    nvcc = shutil.which("nvcc")
+    if not nvcc:
+        return None, "no nvcc on PATH and CUDA_HOME not set"
+    home = nvcc_toolkit(nvcc)
+    if home is None:
+        return None, f"{nvcc} did not name a toolkit folder with include/cuda_runtime.h (set CUDA_HOME)"
+    return home, f"the toolkit of {nvcc}"
+
+
+def set_cuda_home() -> tuple[str | None, str]:
+    """Export the toolkit folder as CUDA_HOME for torch's cpp_extension (when one is found)."""
+    home, source = cuda_home()
+    if home:
+        os.environ["CUDA_HOME"] = home
+    return home, source
+
 
 def cuda_decision(torch) -> tuple[bool, str]:
     """(build CUDA?, reason)."""
     from torch.utils.cpp_extension import CUDA_HOME
+    home = f"CUDA_HOME={CUDA_HOME or '(none)'}"
     forced = env_flag("DELTACONV_FORCE_CUDA")
     if torch.version.cuda is None:
         if forced:
@@ -137,11 +191,17 @@ def cuda_decision(torch) -> tuple[bool, str]:
     nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else shutil.which("nvcc")
     if not nvcc or not os.path.exists(nvcc):
         if forced:
-            raise SystemExit("DELTACONV_FORCE_CUDA=1 but nvcc was not found (set CUDA_HOME)")
-        return False, "nvcc not found (set CUDA_HOME to build the CUDA kernels)"
+            raise SystemExit(f"DELTACONV_FORCE_CUDA=1 but nvcc was not found ({home}; set CUDA_HOME to the CUDA "
+                             "toolkit folder)")
+        return False, f"nvcc not found ({home}; set CUDA_HOME to build the CUDA kernels)"
+    if not os.path.isfile(os.path.join(CUDA_HOME or "", "include", "cuda_runtime.h")):
+        msg = f"{home} has no include/cuda_runtime.h: set CUDA_HOME to the CUDA toolkit folder"
+        if forced:
+            raise SystemExit(f"DELTACONV_FORCE_CUDA=1 but {msg}")
+        return False, msg
     if forced:
-        return True, f"forced by DELTACONV_FORCE_CUDA (torch CUDA {torch.version.cuda}, nvcc {nvcc})"
-    return True, f"torch has CUDA {torch.version.cuda} and nvcc is at {nvcc}"
+        return True, f"forced by DELTACONV_FORCE_CUDA (torch CUDA {torch.version.cuda}, nvcc {nvcc}, {home})"
+    return True, f"torch has CUDA {torch.version.cuda} and nvcc is at {nvcc} ({home})"
 
 
 # ---- the extension ---------------------------------------------------------------------------------------------------
@@ -164,13 +224,14 @@ def extensions(root: str) -> tuple[list, str]:
     if env_flag("DELTACONV_SKIP_EXT"):
         return [], "deltaconv_kernels: DELTACONV_SKIP_EXT=1: pure-Python install, no C++ extension"
     torch = import_torch()
+    set_cuda_home()
     from torch.utils import cpp_extension
     rel = lambda paths: [os.path.relpath(p, root) for p in paths]  # noqa: E731  (setuptools wants relative paths)
     with_cuda, cuda_reason = cuda_decision(torch)
     per_isa_sources, _ = isa_table(root)
     isas = isa_builds(root)
     sources = rel(common_sources(root))
-    cxx = ["-O3", "-g0", "-fopenmp", "-DDELTACONV_PYTHON_MODULE"]
+    cxx = [CXX_STD, "-O3", "-g0", "-fopenmp", "-DDELTACONV_PYTHON_MODULE"]
     # Rebuild when any source, isa.def or the torch headers change (distutils only compares sources and depends
     # with the built library, and the per-ISA sources are not among the extension's sources).
     depends = rel(glob.glob(os.path.join(root, "csrc", "**", "*"), recursive=True))
@@ -186,7 +247,7 @@ def extensions(root: str) -> tuple[list, str]:
     if with_cuda:
         cu = rel(cuda_sources(root))
         cxx.append("-DDELTACONV_WITH_CUDA")
-        nvcc = ["-O3", "-DDELTACONV_WITH_CUDA", "--expt-relaxed-constexpr"]
+        nvcc = [CXX_STD, "-O3", "-DDELTACONV_WITH_CUDA", "--expt-relaxed-constexpr"]
         ext = cpp_extension.CUDAExtension("deltaconv_kernels._C", sources + cu,
                                           extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
         lines.append(f"  CUDA kernels: {len(cu)} files ({cuda_reason}); "
@@ -237,7 +298,9 @@ def build_ext_class():
             finally:
                 ext.extra_objects = own
             with open(self.record_path(ext), "w", encoding="utf-8") as f:
-                json.dump({"torch": str(torch.__version__), "torch_cuda": torch.version.cuda}, f)
+                from torch.utils.cpp_extension import CUDA_HOME
+                json.dump({"torch": str(torch.__version__), "torch_cuda": torch.version.cuda,
+                           "cuda_home": CUDA_HOME if torch.version.cuda else None}, f)
                 f.write("\n")
 
         def get_outputs(self):

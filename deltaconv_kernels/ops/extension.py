@@ -22,14 +22,22 @@ OPS = ("pyramid_forward", "pyramid_backward", "pooled_bias", "build_info", "cpu_
 REBUILD = "rebuild it with `pip install .` (without DELTACONV_SKIP_EXT)"
 
 
-def built_against() -> str | None:
-    """The torch version `_C` was compiled against, or None without a build record."""
+def build_record() -> dict | None:
+    """The build record written next to `_C` (torch, torch_cuda, cuda_home), or None without one."""
     try:
-        return json.loads(RECORD.read_text(encoding="utf-8"))["torch"]
+        record = json.loads(RECORD.read_text(encoding="utf-8"))
+        record["torch"]
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise RuntimeError(f"{RECORD} is not a build record ({type(e).__name__}: {e}); {REBUILD}") from None
+    return record
+
+
+def built_against() -> str | None:
+    """The torch version `_C` was compiled against, or None without a build record."""
+    record = build_record()
+    return None if record is None else record["torch"]
 
 
 def mismatch(built: str, running: str) -> str | None:
@@ -101,5 +109,7 @@ def describe() -> str:
     except RuntimeError as e:
         chosen = f"none: {e}"
     cuda = f"compiled for {', '.join(info['cuda_archs'])}" if info["cuda"] else "not compiled"
+    home = (build_record() or {}).get("cuda_home")
+    cuda += f" (CUDA_HOME {home})" if info["cuda"] and home else ""
     return (f"built against torch {info['torch']}; CPU kernels compiled for {', '.join(info['cpu_compiled'])}, "
             f"runnable here {', '.join(info['cpu_runnable']) or 'none'}, running {chosen}; CUDA kernels {cuda}")
