@@ -10,9 +10,13 @@
    stock torch ops eagerly and under torch.compile, and the SDPA self-attention layer it replaces (FlashAttention on
    Hopper), forward and forward+backward, each with and without a CUDA graph, at PixArt-1024 B=2 and the SD1.5
    attention levels.
-Writes a table to stdout, `gpu_check.json` and `RESULTS_gpu.md` (a section for benchmarks/RESULTS.md) under the output
-folder. Needs torch and triton only (no diffusers, no hypothesis); a failed check is reported, not raised, so one
-call gives every figure.
+Every line is printed as it happens, and `gpu_check.json` and `RESULTS_gpu.md` (a section for benchmarks/RESULTS.md)
+are rewritten atomically under the output folder after every check and every timing row: a run killed at its
+timeout still leaves everything done so far. One time budget covers the whole run (`--budget`, default 300 s):
+conformance gets at most CONFORMANCE_SHARE of it, timings run in order of importance (PixArt-1024 fp16, the triton
+block against the SDPA layer, first), and a row is not started when it could not finish before the deadline.
+`--quick` (about 2 minutes) is the second try: the core conformance and the headline rows only. Needs torch and
+triton only (no diffusers, no hypothesis); a failed check is reported, not raised, so one call gives every figure.
 """
 
 from __future__ import annotations
@@ -53,6 +57,61 @@ CASES = (
     (1, 65, 3, 48, 7, (1.0, 0.5), "sigmoid"),
 )
 SMOKE_CASES = ((1, 5, 7, 6, 3, (1.0, 0.5), "scaled"),)
+# The share of the budget conformance may take (the rest is for timings), and what --quick keeps of it.
+CONFORMANCE_SHARE = 0.4
+QUICK_CASES = CASES[:2]
+QUICK_DTYPES = (torch.float16,)
+# The headline methods, timed first (and the only ones in --quick) at the first shape.
+HEADLINE = ("block triton", "SDPA layer")
+# A row is started only when elapsed + ROW_MARGIN x the last row's duration stays within the budget; a
+# torch.compile row, whose first call compiles, needs at least COMPILE_SECONDS left.
+ROW_MARGIN = 2.0
+COMPILE_SECONDS = 90.0
+
+
+class Report:
+    """The run's report: every line printed (flushed) as it happens, and the JSON and markdown files rewritten
+    atomically after every step, so that a killed run still leaves its figures."""
+
+    def __init__(self, out: Path, data: dict, command: str):
+        from deltaconv_kernels.fileio import atomic_write
+
+        self._atomic_write = atomic_write
+        self.out, self.data, self.command, self.log = out, data, command, []
+        self.start = time.perf_counter()
+
+    def say(self, line: str) -> None:
+        self.log.append(line)
+        print(line, flush=True)
+
+    def save(self) -> None:
+        self.data["seconds"] = round(time.perf_counter() - self.start, 1)
+        self.data["log"] = self.log
+        text = json.dumps(self.data, indent=1).encode()
+        self._atomic_write(self.out / "gpu_check.json", lambda f: f.write(text))
+        md = "\n".join(self.markdown()).encode()
+        self._atomic_write(self.out / "RESULTS_gpu.md", lambda f: f.write(md))
+
+    def markdown(self) -> list:
+        d = self.data
+        md = [f"### GPU check on {d['device']} ({time.strftime('%Y-%m-%d')})", "",
+              f"`{self.command}`, torch {d['torch']} (CUDA {d['cuda']}), triton {d['triton']}, "
+              f"Python {d['python']}; {d['seconds']} s in all{' (not finished)' if not d.get('finished') else ''}. "
+              "Medians of CUDA-event timings in microseconds, fp16, after a warm-up.", ""]
+        build = d.get("build")
+        if build and not build["ok"]:
+            md += ["Build FAILED:", "", "```", *build.get("errors", []), "```", ""]
+        conf = [r for r in d.get("conformance") or [] if r["ok"] is not None]
+        left_out = len(d.get("conformance") or []) - len(conf)
+        md.append(f"Conformance: {sum(r['ok'] for r in conf)}/{len(conf)} checks passed against the reference"
+                  + (f" ({left_out} skipped for the time budget)." if left_out else "."))
+        md += [f"- FAIL {r['check']}: {r.get('error')}" for r in conf if not r["ok"]]
+        skipped = [r for r in d.get("timings") or [] if r.get("error", "") and r["error"].startswith("skipped")]
+        rows = d.get("timings") or []
+        md += ["", table(rows) if rows else "(no timings)", ""]
+        if skipped:
+            md += [f"{len(skipped)} timing rows skipped for the time budget.", ""]
+        return md
 
 
 class ComposedTorchBlock(nn.Module):
@@ -100,18 +159,43 @@ class SDPASelfAttention(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------------ build
-def build(log: list) -> dict:
+def compiler_errors(output: str, limit: int = 12, context: int = 2) -> list:
+    """The compiler's own error lines of a build log (with a little context), not the Python traceback that
+    ends it: the first `limit` lines that hold `error:` (g++, nvcc, ninja's FAILED), each with `context` lines."""
+    lines = output.splitlines()
+    picked: list = []
+    for i, line in enumerate(lines):
+        if "error:" in line or line.startswith("FAILED:") or " error " in line:
+            for j in range(max(0, i - context), min(len(lines), i + context + 1)):
+                if j not in picked:
+                    picked.append(j)
+            if sum("error" in lines[j] or lines[j].startswith("FAILED:") for j in picked) >= limit:
+                break
+    return [lines[j][:400] for j in picked] or lines[-20:]
+
+
+def build(report: Report, timeout: float) -> dict:
     env = dict(os.environ)
     env.setdefault("MAX_JOBS", "16")
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
         env.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
+    report.say(f"build: python setup.py build_ext --inplace (arch {env.get('TORCH_CUDA_ARCH_LIST')}, "
+               f"MAX_JOBS {env['MAX_JOBS']}, at most {timeout:.0f} s)")
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    out = {"ok": res.returncode == 0, "seconds": round(time.perf_counter() - t0, 1),
-           "arch": env.get("TORCH_CUDA_ARCH_LIST"), "tail": (res.stdout + res.stderr)[-3000:]}
-    log.append(f"build: {'ok' if out['ok'] else 'FAILED'} in {out['seconds']} s (arch {out['arch']})")
+    try:
+        res = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=timeout)
+        ok, output = res.returncode == 0, res.stdout + res.stderr
+    except subprocess.TimeoutExpired as e:
+        ok = False
+        output = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                         for x in (e.stdout, e.stderr)) + f"\nerror: the build ran past {timeout:.0f} s"
+    out = {"ok": ok, "seconds": round(time.perf_counter() - t0, 1), "arch": env.get("TORCH_CUDA_ARCH_LIST"),
+           "errors": [] if ok else compiler_errors(output)}
+    report.say(f"build: {'ok' if ok else 'FAILED'} in {out['seconds']} s (arch {out['arch']})")
+    for line in out["errors"]:
+        report.say(f"  {line}")
     return out
 
 
@@ -141,36 +225,65 @@ def _repeatable_backward(backend: str, device) -> None:
             raise AssertionError("two backward passes differ bitwise")
 
 
-def conformance(device, smoke: bool, log: list) -> list:
-    from deltaconv_kernels import ops
+def conformance_checks(device, smoke: bool, quick: bool) -> list:
+    """[(name, fn, args)] in order of importance: fp16 first (the timed dtype), the 16K map and bitwise repeatability
+    after the first dtype of each backend."""
     from deltaconv_kernels.testing import check_block_backend, check_map_16k, check_pyramid_backend
 
-    info = ops.available_backends()
     backends = ["triton", "cuda"] if not smoke else ["triton"]
-    results = []
+    cases = SMOKE_CASES if smoke else QUICK_CASES if quick else CASES
+    dtypes = QUICK_DTYPES if quick else (torch.float16, torch.bfloat16, torch.float32)
+    checks = []
     for backend in backends:
-        if not info[backend].available:
-            results.append({"check": f"{backend}: available", "ok": False, "error": info[backend].reason})
-            continue
-        cases = SMOKE_CASES if smoke else CASES
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        checks.append((f"{backend}: available", None, (backend,)))
+        for n, dtype in enumerate(dtypes):
             # every case with a strided grad_output; the first also with a strided u
             for case, strided_u in [(cases[0], True)] + [(case, False) for case in cases]:
-                    name = (f"{backend} pyramid {str(dtype)[6:]} b{case[0]} {case[1]}x{case[2]} ci{case[3]} k{case[4]} "
-                            f"s{len(case[5])} {case[6]}{' strided-u' if strided_u else ''}")
-                    _record(results, name, check_pyramid_backend, backend, case, dtype, device,
-                            torch.Generator().manual_seed(0), strided_u)
+                name = (f"{backend} pyramid {str(dtype)[6:]} b{case[0]} {case[1]}x{case[2]} ci{case[3]} k{case[4]} "
+                        f"s{len(case[5])} {case[6]}{' strided-u' if strided_u else ''}")
+                checks.append((name, check_pyramid_backend, (backend, case, dtype, device,
+                                                             torch.Generator().manual_seed(0), strided_u)))
             for gate in ("scaled", "sigmoid"):
-                _record(results, f"{backend} block {str(dtype)[6:]} {gate}", check_block_backend, backend, dtype, gate,
-                        device, torch.Generator().manual_seed(1))
-        if not smoke:
-            _record(results, f"{backend} backward bitwise repeatable", _repeatable_backward, backend, device)
-            _record(results, f"{backend} 16K map", check_map_16k, backend)
+                checks.append((f"{backend} block {str(dtype)[6:]} {gate}", check_block_backend,
+                               (backend, dtype, gate, device, torch.Generator().manual_seed(1))))
+            if n == 0 and not smoke:
+                checks.append((f"{backend} backward bitwise repeatable", _repeatable_backward, (backend, device)))
+                if not quick:
+                    checks.append((f"{backend} 16K map", check_map_16k, (backend,)))
+    return checks
+
+
+def conformance(device, smoke: bool, quick: bool, deadline: float, report: Report) -> list:
+    from deltaconv_kernels import ops
+
+    info = ops.available_backends()
+    results = report.data["conformance"] = []
+    unavailable = set()
+    for name, fn, args in conformance_checks(device, smoke, quick):
+        backend = args[0]
+        if fn is None:  # the availability line of a backend
+            if not info[backend].available:
+                unavailable.add(backend)
+                results.append({"check": name, "ok": False, "error": info[backend].reason})
+                report.say(f"  FAIL {name}: {info[backend].reason}")
+                report.save()
+            continue
+        if backend in unavailable:
+            continue
+        if time.perf_counter() > deadline:
+            results.append({"check": name, "ok": None, "error": "skipped: conformance share of the budget spent"})
+            continue
+        _record(results, name, fn, *args)
+        r = results[-1]
+        report.say(f"  {'ok  ' if r['ok'] else 'FAIL'} {name} ({r['seconds']} s)"
+                   + ("" if r["ok"] else f": {r.get('error')}"))
+        if device.type == "cuda":
             torch.cuda.empty_cache()
-    failed = [r for r in results if not r["ok"]]
-    log.append(f"conformance: {len(results) - len(failed)}/{len(results)} passed")
-    for r in failed:
-        log.append(f"  FAIL {r['check']}: {r.get('error')}")
+        report.save()
+    ran = [r for r in results if r["ok"] is not None]
+    skipped = len(results) - len(ran)
+    report.say(f"conformance: {sum(r['ok'] for r in ran)}/{len(ran)} passed"
+               + (f", {skipped} skipped for the time budget" if skipped else ""))
     return results
 
 
@@ -227,49 +340,79 @@ def _step(module, x, grad, backward: bool):
     return fwd_bwd if backward else fwd
 
 
-def timings(device, smoke: bool, deadline: float, log: list) -> list:
+def timing_rows(device, smoke: bool, quick: bool) -> list:
+    """[(shape, method, backward, graph)] in order of importance: the headline (first shape, HEADLINE methods, no
+    graph) first, then every shape's remaining rows; --quick keeps the headline only."""
+    shapes = SMOKE_SHAPES if smoke else SHAPES
+    methods = (["block triton", "block cuda"] if device.type == "cuda" else ["block triton"]) + ["torch eager"]
+    methods += ["torch.compile"] if device.type == "cuda" else []  # (on CPU inductor's C++ compile takes minutes)
+    methods += ["SDPA layer"]
+    graphs = (False, True) if device.type == "cuda" else (False,)
+    rows = [(shape, m, bwd, g) for shape in shapes for m in methods for bwd in (False, True) for g in graphs]
+    headline = [r for r in rows if r[0] == shapes[0] and r[1] in HEADLINE and not r[3]]
+    return headline if quick else headline + [r for r in rows if r not in headline]
+
+
+def _shape_case(shape, device, dtype) -> dict:
+    """The modules and tensors of one shape: the reference block and every method built from its weights."""
     from deltaconv_kernels import DeltaConvBlock, ops
 
+    name, b, h, w, c, k, gate, heads = shape
     info = ops.available_backends()
+    torch.manual_seed(0)
+    block = DeltaConvBlock(c, kernel_size=k, gate=gate, backend="torch", device=device, dtype=dtype)
+    methods = {}
+    for backend in ("triton", "cuda"):
+        if info[backend].available and (backend == "triton" or device.type == "cuda"):
+            fast = DeltaConvBlock(c, kernel_size=k, gate=gate, backend=backend, device=device, dtype=dtype)
+            fast.load_state_dict(block.state_dict())
+            methods[f"block {backend}"] = fast
+    methods["torch eager"] = ComposedTorchBlock(block)
+    methods["SDPA layer"] = SDPASelfAttention(c, heads, device, dtype)
+    x = torch.randn(b, h, w, c, device=device, dtype=dtype, requires_grad=True)
+    return {"methods": methods, "x": x, "grad": torch.randn(b, h, w, c, device=device, dtype=dtype)}
+
+
+def timings(device, smoke: bool, quick: bool, deadline: float, report: Report) -> list:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     warmup, iters = (10, 50) if device.type == "cuda" else (1, 3)
-    rows = []
-    for name, b, h, w, c, k, gate, heads in (SMOKE_SHAPES if smoke else SHAPES):
-        torch.manual_seed(0)
-        block = DeltaConvBlock(c, kernel_size=k, gate=gate, backend="torch", device=device, dtype=dtype)
-        methods = {}
-        for backend in ("triton", "cuda") if device.type == "cuda" else ("triton",):
-            if info[backend].available:
-                fast = DeltaConvBlock(c, kernel_size=k, gate=gate, backend=backend, device=device, dtype=dtype)
-                fast.load_state_dict(block.state_dict())
-                methods[f"block {backend}"] = fast
-        composed = ComposedTorchBlock(block)
-        methods["torch eager"] = composed
-        if device.type == "cuda":  # (on CPU, inductor's C++ compile would take minutes)
-            methods["torch.compile"] = None  # compiled lazily, only while the time budget allows
-        methods["SDPA layer"] = SDPASelfAttention(c, heads, device, dtype)
-        x = torch.randn(b, h, w, c, device=device, dtype=dtype, requires_grad=True)
-        grad = torch.randn(b, h, w, c, device=device, dtype=dtype)
-        for method, module in methods.items():
-            for backward in (False, True):
-                for graph in (False, True) if device.type == "cuda" else (False,):
-                    row = {"shape": name, "B": b, "HxW": f"{h}x{w}", "C": c, "K": k, "method": method,
-                           "pass": "fwd+bwd" if backward else "fwd", "cuda_graph": graph, "us": None, "error": None}
-                    rows.append(row)
-                    if time.perf_counter() > deadline:
-                        row["error"] = "skipped: time budget spent"
-                        continue
-                    try:
-                        if method == "torch.compile" and module is None:
-                            module = methods[method] = torch.compile(composed, dynamic=False)
-                        step = _step(module, x, grad, backward)
-                        row["us"] = round(_median_us(_graphed(step) if graph else step, device, warmup, iters), 1)
-                    except Exception as e:  # a method that fails to run is a result too
-                        row["error"] = f"{type(e).__name__}: {e}"[:300]
-        log.append(f"timings: {name} done")
-        del methods, block, composed, x, grad
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    rows = report.data["timings"] = []
+    cases: dict = {}
+    last = 0.0
+    for shape, method, backward, graph in timing_rows(device, smoke, quick):
+        name, b, h, w, c, k = shape[:6]
+        row = {"shape": name, "B": b, "HxW": f"{h}x{w}", "C": c, "K": k, "method": method,
+               "pass": "fwd+bwd" if backward else "fwd", "cuda_graph": graph, "us": None, "error": None}
+        rows.append(row)
+        need = COMPILE_SECONDS if method == "torch.compile" and "compiled" not in cases.get(name, {}) \
+            else ROW_MARGIN * last
+        if time.perf_counter() + need > deadline:
+            left = max(0.0, deadline - time.perf_counter())
+            row["error"] = f"skipped: time budget (needs ~{need:.0f} s, {left:.0f} s left)"
+            report.save()
+            continue
+        t0 = time.perf_counter()
+        try:
+            if name not in cases:
+                cases = {name: _shape_case(shape, device, dtype)}  # one shape's tensors live at a time
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            case = cases[name]
+            if method == "torch.compile":
+                case.setdefault("compiled", torch.compile(case["methods"]["torch eager"], dynamic=False))
+                module = case["compiled"]
+            elif method in case["methods"]:
+                module = case["methods"][method]
+            else:
+                raise RuntimeError(f"{method} is not available here")
+            step = _step(module, case["x"], case["grad"], backward)
+            row["us"] = round(_median_us(_graphed(step) if graph else step, device, warmup, iters), 1)
+        except Exception as e:  # a method that fails to run is a result too
+            row["error"] = f"{type(e).__name__}: {e}"[:300]
+        last = time.perf_counter() - t0
+        report.say(f"  {name} {row['pass']} {method}{' (graph)' if graph else ''}: "
+                   + (f"{row['us']} us" if row["us"] is not None else row["error"]) + f" [{last:.1f} s]")
+        report.save()
     return rows
 
 
@@ -288,7 +431,8 @@ def table(rows: list) -> str:
             for m in methods:
                 for g in graphs:
                     r = keyed.get((shape, pas, m, g))
-                    cells.append("err" if r is None or r["us"] is None else f"{r['us']:.1f}")
+                    skipped = r is not None and (r.get("error") or "").startswith("skipped")
+                    cells.append("skip" if skipped else "err" if r is None or r["us"] is None else f"{r['us']:.1f}")
             tri, sdpa = keyed.get((shape, pas, "block triton", False)), keyed.get((shape, pas, "SDPA layer", False))
             ratio = f"{sdpa['us'] / tri['us']:.2f}x" if tri and sdpa and tri["us"] and sdpa["us"] else "-"
             lines.append(f"| {shape} | {pas} | " + " | ".join(cells) + f" | {ratio} |")
@@ -299,8 +443,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT"), help="output folder (default: $OUT)")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke run: interpreter kernels, tiny shapes, no build")
+    ap.add_argument("--quick", action="store_true",
+                    help="a second try of about 2 minutes: core conformance (fp16) and the headline rows only")
     ap.add_argument("--no-build", action="store_true", help="use the _C already built")
-    ap.add_argument("--budget", type=float, default=330.0, help="seconds after which timings are skipped")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds for the whole run, build included (default 300, 150 with --quick)")
     args = ap.parse_args(argv)
     if not args.out:
         print("error: no output folder: pass --out DIR or set $OUT", file=sys.stderr)
@@ -309,6 +456,10 @@ def main(argv=None) -> int:
     if out.exists() and not out.is_dir():
         print(f"error: --out {out} is a file, expected a folder", file=sys.stderr)
         return 2
+    budget = args.budget if args.budget is not None else (150.0 if args.quick else 300.0)
+    if budget <= 0:
+        print(f"error: --budget must be a positive number of seconds, got {budget:g}", file=sys.stderr)
+        return 2
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"
     elif not torch.cuda.is_available():
@@ -316,40 +467,42 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     device = torch.device("cpu" if args.smoke else "cuda")
-    log: list[str] = []
-    report = {"device": "CPU (smoke)" if args.smoke else torch.cuda.get_device_name(),
-              "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
+    data = {"device": "CPU (smoke)" if args.smoke else torch.cuda.get_device_name(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version(), "budget_s": budget,
+            "mode": "smoke" if args.smoke else "quick" if args.quick else "full", "finished": False,
+            "build": None, "conformance": [], "timings": []}
     try:
         import triton
 
-        report["triton"] = triton.__version__
+        data["triton"] = triton.__version__
     except ImportError:
-        report["triton"] = None
-    report["build"] = None if (args.smoke or args.no_build) else build(log)
+        data["triton"] = None
+    command = "python python/gpu_check.py" + "".join(f" --{f}" for f in ("smoke", "quick") if getattr(args, f))
+    report = Report(out, data, command)
+    deadline = report.start + budget
+    report.say(f"gpu_check: {data['device']}, torch {data['torch']} (CUDA {data['cuda']}), triton {data['triton']}, "
+               f"budget {budget:.0f} s, writing {out}")
+    report.save()
     try:
-        report["conformance"] = conformance(device, args.smoke, log)
-        report["timings"] = timings(device, args.smoke, start + args.budget, log)
+        if not (args.smoke or args.no_build):
+            data["build"] = build(report, timeout=max(30.0, 0.5 * budget))
+            report.save()
+        if data["build"] is None or data["build"]["ok"]:
+            left = deadline - time.perf_counter()
+            report.say("conformance:")
+            conformance(device, args.smoke, args.quick, time.perf_counter() + CONFORMANCE_SHARE * left, report)
+            report.say("timings:")
+            timings(device, args.smoke, args.quick, deadline, report)
     except Exception:  # keep what was measured so far
-        report["crash"] = traceback.format_exc()[-3000:]
-        log.append("CRASH:\n" + report["crash"])
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    rows = report.get("timings") or []
-    md = [f"### GPU check on {report['device']} ({time.strftime('%Y-%m-%d')})", "",
-          f"`python python/gpu_check.py`, torch {report['torch']} (CUDA {report['cuda']}), triton {report['triton']}, "
-          f"Python {report['python']}; {report['seconds']} s in all. Medians of CUDA-event timings in microseconds, "
-          "fp16, after a warm-up.", ""]
-    conf = report.get("conformance") or []
-    md.append(f"Conformance: {sum(r['ok'] for r in conf)}/{len(conf)} checks passed against the reference.")
-    md += [f"- FAIL {r['check']}: {r.get('error')}" for r in conf if not r["ok"]]
-    md += ["", table(rows) if rows else "(no timings)", ""]
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
-    (out / "RESULTS_gpu.md").write_text("\n".join(md))
-    print("\n".join(log))
-    print("\n".join(md))
-    ok = (report["build"] is None or report["build"]["ok"]) and conf and all(r["ok"] for r in conf) \
-        and "crash" not in report
+        data["crash"] = traceback.format_exc()[-3000:]
+        report.say("CRASH:\n" + data["crash"])
+    data["finished"] = True
+    report.save()
+    print("\n".join(report.markdown()), flush=True)
+    conf = [r for r in data["conformance"] if r["ok"] is not None]
+    ok = (data["build"] is None or data["build"]["ok"]) and conf and all(r["ok"] for r in conf) \
+        and "crash" not in data
     return 0 if ok else 1
 
 
