@@ -12,15 +12,19 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import pixart_inputs, tiny_pixart, tiny_unet, unet_inputs
 
-from deltaconv_kernels.analysis import locality
-from deltaconv_kernels.analysis.aggregate import LocalityAccumulator
-from deltaconv_kernels.analysis.capture import AttentionCapture, CapturedMaps, query_sample, self_attention_layers
-from deltaconv_kernels.analysis.pipeline import AnalysisSettings, analyze, latent_size_from_resolution
-from deltaconv_kernels.analysis.plots import short_name
-from deltaconv_kernels.analysis.recommend import KernelRule, nearest_odd, recommend_kernel_sizes
-from deltaconv_kernels.testing import assert_close
+pytest.importorskip("diffusers", reason="the attention-locality analysis captures diffusers models")
+pytest.importorskip("safetensors", reason="the attention-locality analysis captures diffusers models")
+
+from tiny_models import pixart_inputs, tiny_pixart, tiny_unet, unet_inputs  # noqa: E402
+
+from deltaconv_kernels.analysis import locality  # noqa: E402
+from deltaconv_kernels.analysis.aggregate import LocalityAccumulator  # noqa: E402
+from deltaconv_kernels.analysis.capture import AttentionCapture, CapturedMaps, query_sample, self_attention_layers  # noqa: E402
+from deltaconv_kernels.analysis.pipeline import AnalysisSettings, analyze, latent_size_from_resolution  # noqa: E402
+from deltaconv_kernels.analysis.plots import short_name  # noqa: E402
+from deltaconv_kernels.analysis.recommend import KernelRule, nearest_odd, recommend_kernel_sizes  # noqa: E402
+from deltaconv_kernels.testing import assert_close  # noqa: E402
 
 F64 = torch.float64
 

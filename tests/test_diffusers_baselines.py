@@ -6,11 +6,15 @@ import importlib.util
 
 import pytest
 import torch
-from tiny_models import pixart_inputs, tiny_pixart, tiny_unet, unet_inputs
 
-from deltaconv_kernels.baselines import DiTFastAttnSchedule
-from deltaconv_kernels.integrations.diffusers import METHODS, BaselineAttention, convert, replace_attention
-from deltaconv_kernels.testing import assert_close
+pytest.importorskip("diffusers", reason="the diffusers integration needs the diffusers package")
+pytest.importorskip("safetensors", reason="the diffusers integration needs the diffusers package")
+
+from tiny_models import pixart_inputs, tiny_pixart, tiny_unet, unet_inputs  # noqa: E402
+
+from deltaconv_kernels.baselines import DiTFastAttnSchedule  # noqa: E402
+from deltaconv_kernels.integrations.diffusers import METHODS, BaselineAttention, convert, replace_attention  # noqa: E402
+from deltaconv_kernels.testing import assert_close  # noqa: E402
 
 
 def _unet_out(model, inputs):

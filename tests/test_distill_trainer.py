@@ -7,13 +7,16 @@ import json
 import pytest
 import torch
 
-from deltaconv_kernels.distill import checkpointing
-from deltaconv_kernels.distill.data import random_dataset
-from deltaconv_kernels.distill.losses import LossWeights
-from deltaconv_kernels.distill.models import load_noise_scheduler, predict, student_state_dict
-from deltaconv_kernels.distill.trainer import DistillConfig, DistillTrainer
-from deltaconv_kernels.integrations.diffusers import convert, set_mode
-from deltaconv_kernels.testing import assert_close
+pytest.importorskip("diffusers", reason="the distillation trainer converts diffusers models")
+pytest.importorskip("safetensors", reason="the distillation trainer converts diffusers models")
+
+from deltaconv_kernels.distill import checkpointing  # noqa: E402
+from deltaconv_kernels.distill.data import random_dataset  # noqa: E402
+from deltaconv_kernels.distill.losses import LossWeights  # noqa: E402
+from deltaconv_kernels.distill.models import load_noise_scheduler, predict, student_state_dict  # noqa: E402
+from deltaconv_kernels.distill.trainer import DistillConfig, DistillTrainer  # noqa: E402
+from deltaconv_kernels.integrations.diffusers import convert, set_mode  # noqa: E402
+from deltaconv_kernels.testing import assert_close  # noqa: E402
 
 SIZES = [(16, 16), (16, 12)]
 
