@@ -199,6 +199,13 @@ def cuda_decision(torch) -> tuple[bool, str]:
         if forced:
             raise SystemExit(f"DELTACONV_FORCE_CUDA=1 but {msg}")
         return False, msg
+    # torch takes the architectures from TORCH_CUDA_ARCH_LIST, else from the visible GPUs: with neither it has none
+    # (and fails inside cpp_extension with an IndexError).
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        msg = "no GPU visible and TORCH_CUDA_ARCH_LIST not set (e.g. TORCH_CUDA_ARCH_LIST=9.0 builds for sm_90)"
+        if forced:
+            raise SystemExit(f"DELTACONV_FORCE_CUDA=1 but {msg}")
+        return False, msg
     if forced:
         return True, f"forced by DELTACONV_FORCE_CUDA (torch CUDA {torch.version.cuda}, nvcc {nvcc}, {home})"
     return True, f"torch has CUDA {torch.version.cuda} and nvcc is at {nvcc} ({home})"

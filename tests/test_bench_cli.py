@@ -252,6 +252,7 @@ def test_cli_grid_writes_the_schema(tmp_path, capsys):
 
 
 def test_cli_processes_merge_fresh_runs(tmp_path):
+    pytest.importorskip("tqdm", reason="the bench's worker processes show progress with tqdm")
     rc = cli.main(["bench", "--device", "cpu", "--max-resolution", "512", "--methods", "deltaconv",
                    "--models", "sdxl", "--out", str(tmp_path), "--processes", "2"])
     assert rc == 0

@@ -27,8 +27,23 @@ def test_nvcc_gets_the_standard_too(monkeypatch):
 
     if torch.version.cuda is None or shutil.which("nvcc") is None:
         pytest.skip("needs a CUDA build of torch and nvcc to decide the CUDA sources")
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
     args = _compile_args(monkeypatch, force_cuda=True)
     assert [a for a in args["nvcc"] if a.startswith("-std=")] == [build_helpers.CXX_STD]
+
+
+def test_no_gpu_and_no_arch_list_skips_cuda_with_the_reason(monkeypatch):
+    import torch
+
+    if torch.version.cuda is None or shutil.which("nvcc") is None or torch.cuda.is_available():
+        pytest.skip("needs a CUDA build of torch and nvcc, and no visible GPU")
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.delenv("DELTACONV_FORCE_CUDA", raising=False)
+    build, reason = build_helpers.cuda_decision(torch)
+    assert not build and "TORCH_CUDA_ARCH_LIST" in reason
+    monkeypatch.setenv("DELTACONV_FORCE_CUDA", "1")
+    with pytest.raises(SystemExit, match="TORCH_CUDA_ARCH_LIST"):
+        build_helpers.cuda_decision(torch)
 
 
 def test_cuda_home_comes_from_the_toolkit_behind_a_wrapper(tmp_path, monkeypatch):
