@@ -57,7 +57,7 @@ def test_two_process_ddp_run(tmp_path):
     import sys
     from pathlib import Path
 
-    import torch
+    from deltaconv_kernels.distill.checkpointing import load_checkpoint
 
     model = _saved_model(tmp_path)
     out = tmp_path / "ddp"
@@ -71,7 +71,7 @@ def test_two_process_ddp_run(tmp_path):
     proc = subprocess.run(base + ["--max-steps", "2"], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stdout.count("ΔConvBlock (preset") == 1  # the conversion report: main process only
-    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(out / "checkpoint.pt")
     assert state["config"]["num_processes"] == 2 and state["step"] == 2
     assert [r["step"] for r in state["history"]] == [1, 2]
     assert (out / "deltaconv" / "deltaconv.safetensors").is_file()

@@ -90,6 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "order, noise and timesteps (two identical commands give bit-identical runs)")
     t.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help="continue from CHECKPOINT (default: <output-dir>/checkpoint.pt) exactly where it stopped")
+    t.add_argument("--trust-checkpoint", action="store_true", help="let --resume read an old-format (pickled) "
+                   "checkpoint: this RUNS CODE FROM THE FILE, so only for checkpoints you wrote yourself")
     t.add_argument("--overwrite", action="store_true", help="start afresh in an --output-dir that holds an "
                    "earlier run (its checkpoint, logs and weights are deleted); without it such a folder is refused")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -268,7 +270,7 @@ def build(args):
 def run(args: argparse.Namespace) -> int:
     """Errors (ValueError, OSError, ...) reach `deltaconv_kernels.cli.main`, which prints `error: ...`, exit 2."""
     trainer, resume = build(args)
-    summary = trainer.train(resume=resume, overwrite=args.overwrite)
+    summary = trainer.train(resume=resume, overwrite=args.overwrite, trust_checkpoint=args.trust_checkpoint)
     if trainer.accelerator.is_main_process:
         print(json.dumps(summary, indent=1))
     return 0

@@ -5,6 +5,7 @@ formula on a classifier's logits) and the CLIP score. Encoders are any callable 
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,12 +106,14 @@ def extract(encoder: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tenso
     return torch.cat(outs)
 
 
-def load_encoder(path: str | Path, module: nn.Module | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def load_encoder(path: str | Path, module: nn.Module | None = None,
+                 trust_pickle: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """An encoder from a local file:
     - `.safetensors`: a state dict loaded into `module` (which must be given: the architecture);
     - `.pt2`: a `torch.export` program (`torch.export.save`);
-    - otherwise a TorchScript archive (`torch.jit.save`), a state dict (into `module`), or a whole pickled
-      module (`torch.save(model)`; unpickling runs code, so only for files you made yourself).
+    - otherwise a TorchScript archive (`torch.jit.save`) or a state dict (into `module`, read with
+      `weights_only=True`). A whole pickled module (`torch.save(model)`) only with `trust_pickle=True`:
+      unpickling runs code from the file, so only for files you made yourself.
     Returned in eval mode."""
     path = Path(path)
     if not path.is_file():
@@ -128,7 +131,17 @@ def load_encoder(path: str | Path, module: nn.Module | None = None) -> Callable[
         return torch.jit.load(str(path), map_location="cpu").eval()
     except RuntimeError:
         pass  # not TorchScript: a torch.save file
-    obj = torch.load(path, map_location="cpu", weights_only=module is not None)
+    if trust_pickle:
+        obj = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the caller: runs its code
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ValueError(
+                f"{path} is not a safe encoder file: it needs full unpickling, which runs code from the file. "
+                "Save the encoder as TorchScript (torch.jit.save), a torch.export program (.pt2) or its weights "
+                "(.safetensors or a state dict, with module=); or pass trust_pickle=True for a file you made "
+                "yourself") from e
     if isinstance(obj, dict):
         if module is None:
             raise ValueError(f"{path} holds a state dict: pass module= (the encoder's architecture) to load it")

@@ -247,9 +247,11 @@ class DistillTrainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def train(self, resume: str | Path | None = None, overwrite: bool = False) -> dict:
+    def train(self, resume: str | Path | None = None, overwrite: bool = False,
+              trust_checkpoint: bool = False) -> dict:
         """Run to `config.max_steps`; with `resume` (a checkpoint file or output folder) continue from it. Without
         it, an output folder holding an earlier run is refused unless `overwrite` (which deletes that run's files).
+        `trust_checkpoint` lets `resume` read an old-format (pickled) checkpoint, which runs code from the file.
         Returns a summary dict (steps, final losses, output paths)."""
         cfg, acc = self.config, self.accelerator
         run_config = {**cfg.to_dict(), "num_processes": acc.num_processes, "data": self.dataset.fingerprint()}
@@ -261,7 +263,7 @@ class DistillTrainer:
             for path in earlier:
                 path.unlink()
         if resume is not None:
-            state = checkpointing.load_checkpoint(resume)
+            state = checkpointing.load_checkpoint(resume, trust_pickle=trust_checkpoint)
             checkpointing.check_resume_config(state["config"], run_config, RESUME_KEYS)
             load_student_state_dict(self.base, state["trainable"])
             self.optimizer.load_state_dict(state["optimizer"])
