@@ -67,7 +67,8 @@ class AttentionStatistics:
 
 
 def collect(model: torch.nn.Module, inputs: dict, timesteps: Sequence[int], num_queries: int = 64, seed: int = 0,
-            layers: Sequence[str] | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, LayerStatistics]:
+            layers: Sequence[str] | None = None,
+            max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, LayerStatistics]:
     """Run the (unconverted) model on `inputs` (the analysis' format: latents, a tensor or {timestep: x_t}, plus
     the conditioning) at every timestep and return the statistics of every captured layer."""
     from deltaconv_kernels.analysis.pipeline import forward_kwargs, latents_per_timestep
