@@ -175,6 +175,10 @@ def set_cuda_home() -> tuple[str | None, str]:
     home, source = cuda_home()
     if home:
         os.environ["CUDA_HOME"] = home
+        # cpp_extension reads CUDA_HOME once, at import: if something imported it already, correct its copy too.
+        ext = sys.modules.get("torch.utils.cpp_extension")
+        if ext is not None:
+            ext.CUDA_HOME = home
     return home, source
 
 

@@ -27,7 +27,11 @@ def test_nvcc_gets_the_standard_too(monkeypatch):
 
     if torch.version.cuda is None or shutil.which("nvcc") is None:
         pytest.skip("needs a CUDA build of torch and nvcc to decide the CUDA sources")
+    from torch.utils import cpp_extension
+
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", cpp_extension.CUDA_HOME)
+    monkeypatch.setenv("CUDA_HOME", os.environ.get("CUDA_HOME", ""))
     args = _compile_args(monkeypatch, force_cuda=True)
     assert [a for a in args["nvcc"] if a.startswith("-std=")] == [build_helpers.CXX_STD]
 
@@ -37,8 +41,13 @@ def test_no_gpu_and_no_arch_list_skips_cuda_with_the_reason(monkeypatch):
 
     if torch.version.cuda is None or shutil.which("nvcc") is None or torch.cuda.is_available():
         pytest.skip("needs a CUDA build of torch and nvcc, and no visible GPU")
+    from torch.utils import cpp_extension
+
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     monkeypatch.delenv("DELTACONV_FORCE_CUDA", raising=False)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", cpp_extension.CUDA_HOME)  # restored after the test
+    monkeypatch.setenv("CUDA_HOME", os.environ.get("CUDA_HOME", ""))
+    build_helpers.set_cuda_home()
     build, reason = build_helpers.cuda_decision(torch)
     assert not build and "TORCH_CUDA_ARCH_LIST" in reason
     monkeypatch.setenv("DELTACONV_FORCE_CUDA", "1")
