@@ -135,6 +135,11 @@ OLDEST_TORCH = "2.11"
 
 # ---- CUDA --------------------------------------------------------------------------------------------------------
 
+def has_cuda_headers(home: str | None) -> bool:
+    """Whether `home` is a CUDA toolkit folder the CUDA sources can compile against."""
+    return bool(home) and os.path.isfile(os.path.join(home, "include", "cuda_runtime.h"))
+
+
 def nvcc_toolkit(nvcc: str) -> str | None:
     """The CUDA toolkit folder of `nvcc`, as nvcc itself reports it (`--dryrun` prints `_HERE_=<toolkit>/bin`).
     Asking nvcc is what works when the nvcc on PATH is a wrapper script outside the toolkit: torch would take the
@@ -146,13 +151,10 @@ def nvcc_toolkit(nvcc: str) -> str | None:
         return None
     for line in (out.stdout + out.stderr).splitlines():
         m = re.match(r"#\$ _HERE_=(.+)$", line.strip())
-        if m:
-            home = os.path.dirname(os.path.normpath(m.group(1).strip()))
-            if os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")):
-                return home
-    real = os.path.realpath(nvcc)
-    home = os.path.dirname(os.path.dirname(real))
-    return home if os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")) else None
+        if m and has_cuda_headers(home := os.path.dirname(os.path.normpath(m.group(1).strip()))):
+            return home
+    home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    return home if has_cuda_headers(home) else None
 
 
 def cuda_home() -> tuple[str | None, str]:
@@ -198,18 +200,17 @@ def cuda_decision(torch) -> tuple[bool, str]:
             raise SystemExit(f"DELTACONV_FORCE_CUDA=1 but nvcc was not found ({home}; set CUDA_HOME to the CUDA "
                              "toolkit folder)")
         return False, f"nvcc not found ({home}; set CUDA_HOME to build the CUDA kernels)"
-    if not os.path.isfile(os.path.join(CUDA_HOME or "", "include", "cuda_runtime.h")):
-        msg = f"{home} has no include/cuda_runtime.h: set CUDA_HOME to the CUDA toolkit folder"
-        if forced:
-            raise SystemExit(f"DELTACONV_FORCE_CUDA=1 but {msg}")
-        return False, msg
+    missing = None
+    if not has_cuda_headers(CUDA_HOME):
+        missing = f"{home} has no include/cuda_runtime.h: set CUDA_HOME to the CUDA toolkit folder"
     # torch takes the architectures from TORCH_CUDA_ARCH_LIST, else from the visible GPUs: with neither it has none
     # (and fails inside cpp_extension with an IndexError).
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        msg = "no GPU visible and TORCH_CUDA_ARCH_LIST not set (e.g. TORCH_CUDA_ARCH_LIST=9.0 builds for sm_90)"
+    elif not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        missing = "no GPU visible and TORCH_CUDA_ARCH_LIST not set (e.g. TORCH_CUDA_ARCH_LIST=9.0 builds for sm_90)"
+    if missing:
         if forced:
-            raise SystemExit(f"DELTACONV_FORCE_CUDA=1 but {msg}")
-        return False, msg
+            raise SystemExit(f"DELTACONV_FORCE_CUDA=1 but {missing}")
+        return False, missing
     if forced:
         return True, f"forced by DELTACONV_FORCE_CUDA (torch CUDA {torch.version.cuda}, nvcc {nvcc}, {home})"
     return True, f"torch has CUDA {torch.version.cuda} and nvcc is at {nvcc} ({home})"

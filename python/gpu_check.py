@@ -106,12 +106,25 @@ class Report:
         md.append(f"Conformance: {sum(r['ok'] for r in conf)}/{len(conf)} checks passed against the reference"
                   + (f" ({left_out} skipped for the time budget)." if left_out else "."))
         md += [f"- FAIL {r['check']}: {r.get('error')}" for r in conf if not r["ok"]]
-        skipped = [r for r in d.get("timings") or [] if r.get("error", "") and r["error"].startswith("skipped")]
         rows = d.get("timings") or []
         md += ["", table(rows) if rows else "(no timings)", ""]
+        skipped = sum(map(was_skipped, rows))
         if skipped:
-            md += [f"{len(skipped)} timing rows skipped for the time budget.", ""]
+            md += [f"{skipped} timing rows skipped for the time budget.", ""]
         return md
+
+
+SKIPPED = "skipped: "
+
+
+def was_skipped(entry: dict) -> bool:
+    """A check or timing row left out for the time budget (its error says so)."""
+    return (entry.get("error") or "").startswith(SKIPPED)
+
+
+def no_time_for(seconds: float, deadline: float) -> bool:
+    """Whether work expected to take `seconds` would end past the deadline."""
+    return time.perf_counter() + seconds > deadline
 
 
 class ComposedTorchBlock(nn.Module):
@@ -163,14 +176,9 @@ def compiler_errors(output: str, limit: int = 12, context: int = 2) -> list:
     """The compiler's own error lines of a build log (with a little context), not the Python traceback that
     ends it: the first `limit` lines that hold `error:` (g++, nvcc, ninja's FAILED), each with `context` lines."""
     lines = output.splitlines()
-    picked: list = []
-    for i, line in enumerate(lines):
-        if "error:" in line or line.startswith("FAILED:") or " error " in line:
-            for j in range(max(0, i - context), min(len(lines), i + context + 1)):
-                if j not in picked:
-                    picked.append(j)
-            if sum("error" in lines[j] or lines[j].startswith("FAILED:") for j in picked) >= limit:
-                break
+    hits = [i for i, line in enumerate(lines)
+            if "error:" in line or line.startswith("FAILED:") or " error " in line][:limit]
+    picked = sorted({j for i in hits for j in range(max(0, i - context), min(len(lines), i + context + 1))})
     return [lines[j][:400] for j in picked] or lines[-20:]
 
 
@@ -272,8 +280,8 @@ def conformance(device, smoke: bool, quick: bool, deadline: float, report: Repor
             continue
         # (a check is not started when one like the last would run past the deadline)
         last = results[-1].get("seconds", 0.0) if results else 0.0
-        if time.perf_counter() + ROW_MARGIN * last > deadline:
-            results.append({"check": name, "ok": None, "error": "skipped: conformance share of the budget spent"})
+        if no_time_for(ROW_MARGIN * last, deadline):
+            results.append({"check": name, "ok": None, "error": SKIPPED + "conformance share of the budget spent"})
             continue
         _record(results, name, fn, *args)
         r = results[-1]
@@ -388,9 +396,9 @@ def timings(device, smoke: bool, quick: bool, deadline: float, report: Report) -
         rows.append(row)
         need = COMPILE_SECONDS if method == "torch.compile" and "compiled" not in cases.get(name, {}) \
             else ROW_MARGIN * last
-        if time.perf_counter() + need > deadline:
+        if no_time_for(need, deadline):
             left = max(0.0, deadline - time.perf_counter())
-            row["error"] = f"skipped: time budget (needs ~{need:.0f} s, {left:.0f} s left)"
+            row["error"] = SKIPPED + f"time budget (needs ~{need:.0f} s, {left:.0f} s left)"
             report.save()
             continue
         t0 = time.perf_counter()
@@ -433,8 +441,8 @@ def table(rows: list) -> str:
             for m in methods:
                 for g in graphs:
                     r = keyed.get((shape, pas, m, g))
-                    skipped = r is not None and (r.get("error") or "").startswith("skipped")
-                    cells.append("skip" if skipped else "err" if r is None or r["us"] is None else f"{r['us']:.1f}")
+                    cells.append("skip" if r is not None and was_skipped(r)
+                                 else "err" if r is None or r["us"] is None else f"{r['us']:.1f}")
             tri, sdpa = keyed.get((shape, pas, "block triton", False)), keyed.get((shape, pas, "SDPA layer", False))
             ratio = f"{sdpa['us'] / tri['us']:.2f}x" if tri and sdpa and tri["us"] and sdpa["us"] else "-"
             lines.append(f"| {shape} | {pas} | " + " | ".join(cells) + f" | {ratio} |")
