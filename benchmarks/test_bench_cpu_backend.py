@@ -1,6 +1,6 @@
-"""The C++ CPU path (issues 4 and 12): the whole `DeltaConvBlock` with backend="cpu" against the same block through
+"""The C++ CPU path: the whole `DeltaConvBlock` with backend="cpu" against the same block through
 the `torch` reference (forward and forward+backward), against its own two GEMMs alone (the in- and out-projection
-of the same shapes: the floor the block can approach, DESIGN §2), and against a full SDPA self-attention layer;
+of the same shapes: the floor the block can approach, docs/DESIGN.md §2), and against a full SDPA self-attention layer;
 fp32 and bf16, B=2 (a classifier-free-guidance batch), at the PixArt-1024 layer shape (64x64, C=1152, K=13, sigmoid
 gate) and the SD1.5 level-1 shape (64x64, C=320, K=7, scaled gate).
 
@@ -9,8 +9,8 @@ comparison in the same test, alternating calls, and stores both minima (the leas
 in extra_info (`--benchmark-json`) and prints it; the session ends with one table of every ratio (`-s` shows it).
 The block / GEMMs ratio is also measured on one thread in process CPU time (`time.process_time`), which other
 processes on a shared machine barely disturb: the kernels' own cost, free of the 2-thread scheduling noise.
-Targets: cpu/torch <= 0.6 forward and <= 0.7 forward+backward (issue 4); SDPA / block >= 8 (issue 4); block / GEMMs
-(issue 12) per shape and dtype in GEMM_TARGETS. They are reported, not asserted: these are benchmarks, not tests.
+Targets: cpu/torch <= 0.6 forward and <= 0.7 forward+backward; SDPA / block >= 8; block / GEMMs per shape and dtype
+in GEMM_TARGETS. They are reported, not asserted: these are benchmarks, not tests.
 """
 
 from __future__ import annotations

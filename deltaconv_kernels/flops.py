@@ -1,4 +1,4 @@
-"""Analytic FLOPs of ΔConvBlock and the attention baselines, in the paper's convention (DESIGN §7):
+"""Analytic FLOPs of ΔConvBlock and the attention baselines, in the paper's convention (docs/DESIGN.md §7):
 
 - a multiply-add is 2 FLOPs (GEMMs, attention matmuls, convolutions);
 - bias adds count (1 FLOP per output element);
@@ -57,7 +57,7 @@ class LayerShape:
 
 # PixArt-Σ: C = 1152, 16 heads, patch 2 on the /8 latent, K = 13 in all 28 blocks.
 PIXART = LayerShape("pixart", 1152, 16, 16, 13)
-# SD1.5's first attention level (down block 0): C = 320 at /8, 8 heads, K = 7 (DESIGN §1 kernel sizes).
+# SD1.5's first attention level (down block 0): C = 320 at /8, 8 heads, K = 7 (docs/DESIGN.md §1 kernel sizes).
 SD15 = LayerShape("sd15", 320, 8, 8, 7)
 # SDXL's first attention level (down block 1): C = 640 at /16, 10 heads of 64, K = 9.
 SDXL = LayerShape("sdxl", 640, 10, 16, 9)
@@ -201,7 +201,7 @@ def mediator(h: int, w: int, c: int, mediators: int = 64, batch: int = 2) -> Flo
 
 def deltaconv(h: int, w: int, c: int, kernel_size: int, scales=(1.0, 0.5), inter_ratio: float = 0.5,
               batch: int = 2) -> Flops:
-    """ΔConvBlock (DESIGN §1): proj_in (C -> Ci), per stage a K x K depthwise conv over Ci channels at the
+    """ΔConvBlock (docs/DESIGN.md §1): proj_in (C -> Ci), per stage a K x K depthwise conv over Ci channels at the
     pooled size `geometry.pooled_size(H, W, s)`, proj_out (Ci/2 * S -> C), and the pooled-bias C x C GEMM once
     per sample."""
     n = h * w

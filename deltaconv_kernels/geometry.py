@@ -1,4 +1,4 @@
-"""The one definition of a pyramid stage's pooled size (DESIGN §1). Every backend, the reference, the
+"""The one definition of a pyramid stage's pooled size (docs/DESIGN.md §1). Every backend, the reference, the
 validation and the FLOP counts call `pooled_size`; it imports nothing, so any module (the Triton launchers
 included) can use it. The C++ twin is `deltaconv::pooled_size` in csrc/include/deltaconv/geometry.h."""
 

@@ -1,4 +1,4 @@
-"""Closed-form initialisation of a `DeltaConvBlock` from the self-attention it replaces (DESIGN §10).
+"""Closed-form initialisation of a `DeltaConvBlock` from the self-attention it replaces (docs/DESIGN.md §10).
 
 A teacher layer computes `out_i = M sum_j A_ij x_j + c` with `M = W_o W_v`, `c = W_o b_v + b_o`. With the
 head-averaged mean softmax pattern relative to the query, `a(d)`, the block is set so that it starts at

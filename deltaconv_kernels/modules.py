@@ -1,4 +1,4 @@
-"""`DeltaConvBlock`: the Pyramid Convolution Block that replaces self-attention (DESIGN §1)."""
+"""`DeltaConvBlock`: the Pyramid Convolution Block that replaces self-attention (docs/DESIGN.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ΔConvBlock spec in plain PyTorch (DESIGN §1), on channels-last tensors.
+"""The ΔConvBlock spec in plain PyTorch (docs/DESIGN.md §1), on channels-last tensors.
 
 Every fast backend is tested against these functions. They are written from the formulas, not from the
 library ops the tests compare them with: adaptive pooling as explicit window sums, bilinear upsampling

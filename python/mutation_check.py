@@ -109,7 +109,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("triton-mean-divisor", "deltaconv_kernels/triton/pooled_bias.py",
            "return part.sum(dim=0) / n_pix", "return part.sum(dim=0) / max(n_pix - 1, 1)",
            "spatial mean divided by N - 1", (f"{CONF}::test_pooled_bias_and_grads[triton-torch.float32]",)),
-    # new kernels of issue 11: split reductions, exact upsample taps, the zero border
+    # the split-reduction weight gradient, the exact upsample taps and the zero border of the Triton kernels
     Mutant("triton-wgrad-drop-last-partial", "deltaconv_kernels/triton/pyramid_bwd.py",
            "return part.sum(dim=0).view(k, k, ci)",
            "return part.view(b, splits, k * k, ci)[:, :max(1, splits - 1)].sum(dim=(0, 1)).view(k, k, ci)",

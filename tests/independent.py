@@ -1,5 +1,5 @@
 """An independent formulation of the ΔConvBlock for testing the reference: NCHW layout, `nn.Conv2d(groups=Ci)`,
-`F.adaptive_avg_pool2d` and `F.interpolate`, written from DESIGN §1 without using deltaconv_kernels.reference."""
+`F.adaptive_avg_pool2d` and `F.interpolate`, written from docs/DESIGN.md §1, not from deltaconv_kernels.reference."""
 
 import torch
 import torch.nn.functional as F

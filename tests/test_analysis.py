@@ -1,4 +1,4 @@
-"""Attention-locality analysis (issue 8): known-answer tests of the measures, capture correctness against an
+"""Attention-locality analysis: known-answer tests of the measures, capture correctness against an
 explicit softmax(QK^T) and against the layer's own output, and an end-to-end CLI run whose kernel sizes feed
 `convert`."""
 

@@ -1,4 +1,4 @@
-"""analyze -> convert hand-off (issue 13, item 7): the analysis finds layers and records their map sizes with the
+"""analyze -> convert hand-off: the analysis finds layers and records their map sizes with the
 integrations' own code (same names and order as convert), `deltaconv analyze` takes a pipeline folder (finds the
 denoiser, reads the VAE scale factor), and convert / `deltaconv distill --kernel-sizes` take its analysis.json."""
 

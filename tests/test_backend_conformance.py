@@ -1,4 +1,4 @@
-"""One conformance suite for every backend (issue 12): the same checks against the reference, parametrised over
+"""One conformance suite for every backend: the same checks against the reference, parametrised over
 `torch`, `cpu`, `triton` (on a GPU, or on CPU tensors under TRITON_INTERPRET=1) and `cuda` (on a GPU). A backend
 that cannot run here is skipped with its own reason (`available_backends()`), never silently.
 

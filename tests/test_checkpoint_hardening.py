@@ -1,5 +1,5 @@
-"""Malformed checkpoints never half-load a model (issue 14 item 1), files are written once, atomically, with the
-umask's mode (item 2), and released checkpoints as the release really writes them import (item 10)."""
+"""Malformed checkpoints never half-load a model, files are written once, atomically, with the umask's mode,
+and released checkpoints as the release really writes them import."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_bad_weight_values_are_refused(saved, edit, match):
     assert not list(dd.iter_deltaconv_modules(fresh))
 
 
-# --- item 2: one atomic write, umask modes, stale temp files --------------------------------------------------
+# --- one atomic write, umask modes, stale temp files ----------------------------------------------------------
 
 def test_saved_files_follow_the_umask(tmp_path):
     model = tiny_pixart()
@@ -145,7 +145,7 @@ def test_remove_stale_temps(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.txt.x.tmp", "checkpoint.pt"]
 
 
-# --- item 10 (and 1): released checkpoints as the release writes them -------------------------------------------
+# --- released checkpoints as the release writes them --------------------------------------------------------------
 
 @pytest.fixture
 def released():

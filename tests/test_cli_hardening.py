@@ -1,7 +1,6 @@
 """CLI misuse is `deltaconv <command>: error: ...` with exit code 2 and no traceback, checked before any work
-(issue 14 item 5); distillation runs are repeatable from --seed (item 3), never silently overwrite an earlier
-run, resume only on the same data (item 4), and write files with the umask's mode, cleaning torn temporaries
-(item 2)."""
+(distill, analyze, bench); distillation runs are repeatable from --seed, never silently overwrite an earlier
+run, resume only on the same data, and write files with the umask's mode, cleaning torn temporaries."""
 
 from __future__ import annotations
 
@@ -43,7 +42,7 @@ def _usage_error(capsys, argv, match):
     assert f"deltaconv {argv[0]}: error: " in captured.err and match in captured.err, captured.err
 
 
-# --- item 5: distill ---------------------------------------------------------------------------------------
+# --- distill: argument errors -------------------------------------------------------------------------------
 
 def _latents_file(path, channels=4, width=32):
     torch.save({"latents": torch.randn(2, channels, 16, 16), "prompt_embeds": torch.randn(2, 3, width)}, path)
@@ -103,7 +102,7 @@ def test_distill_images_without_vae(model_dir, tmp_path, capsys):
     _usage_error(capsys, argv, "--images needs a VAE")
 
 
-# --- item 5: analyze and bench -------------------------------------------------------------------------------
+# --- analyze and bench: argument errors -----------------------------------------------------------------------
 
 ANALYZE_CASES = {
     "missing model": (lambda t: ["--model", str(t / "missing")], "does not exist"),
@@ -154,7 +153,7 @@ def test_bench_out_is_a_file_is_refused_before_the_run(tmp_path, capsys):
     assert "deltaconv-" not in capsys.readouterr().err  # no case ran
 
 
-# --- items 2, 3, 4: distillation runs ---------------------------------------------------------------------
+# --- distillation runs: seed, overwrite, resume, modes -----------------------------------------------------------
 
 def _weights(out):
     from safetensors.torch import load_file

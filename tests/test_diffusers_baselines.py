@@ -62,7 +62,7 @@ def test_errors():
         replace_attention(model, "sdpa")
 
 
-# ---- DiTFastAttn in a generation loop (issue 14 item 11) ----------------------------------------------------
+# ---- DiTFastAttn in a generation loop -----------------------------------------------------------------------
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                         reason="diffusers pipelines import `transformers`")
 
@@ -107,7 +107,7 @@ def test_ditfastattn_bare_model_resets_when_the_timestep_rises():
     assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])  # the plan restarted at t=900
 
 
-# ---- trained LinFusion weights (issue 14 item 12) ------------------------------------------------------------
+# ---- trained LinFusion weights ------------------------------------------------------------------------------
 def _linfusion_checkpoint(model, folder, seed=5):
     """A LinFusion-format folder written from a replaced model (independently of the loader): config.json with
     modules_list and weights keyed <i>.to_q_.0.weight ... (φ under to_q_/to_k_, as the LinFusion code names it)."""

@@ -1,5 +1,5 @@
 """save / load of converted models (bit-identical round trip, every strict check) and import of released
-ΔConvFusion checkpoints from synthetic state dicts in the released key format (DESIGN §8)."""
+ΔConvFusion checkpoints from synthetic state dicts in the released key format (docs/DESIGN.md §8)."""
 
 from __future__ import annotations
 

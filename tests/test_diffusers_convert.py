@@ -18,7 +18,7 @@ from deltaconv_kernels import reference  # noqa: E402
 from deltaconv_kernels.integrations import diffusers as dd  # noqa: E402
 from deltaconv_kernels.testing import assert_close, reference_inputs, relative_errors  # noqa: E402
 
-# DESIGN §1, written out again here so that a wrong table in the package cannot pass.
+# docs/DESIGN.md §1, written out again here so that a wrong table in the package cannot pass.
 EXPECTED_UNET_K = {
     "sd15": {"down_blocks.0": 7, "down_blocks.1": 9, "down_blocks.2": 5, "mid_block": 3,
              "up_blocks.1": 5, "up_blocks.2": 9, "up_blocks.3": 11},

@@ -1,4 +1,4 @@
-"""Shipping converted models the diffusers way (issue 13): save_pretrained / from_pretrained of tiny SD1.5,
+"""Shipping converted models the diffusers way: save_pretrained / from_pretrained of tiny SD1.5,
 SDXL-layout, PixArt and DiT models and pipelines (saved to disk, loaded back as a user would), Hub repo ids through
 huggingface_hub offline against a pre-filled cache, diffusers' own save/load, meta-device loads, accelerate's
 offload hooks and import_released into converted models."""
@@ -92,7 +92,7 @@ def _pipe_kwargs(pipe):
     return SD_NONE if "StableDiffusion" in name else {} if name == "DiTPipeline" else NO_TEXT
 
 
-# --- item 1: save_pretrained / from_pretrained ------------------------------------------------------------------
+# --- save_pretrained / from_pretrained --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
 @pytest.mark.parametrize("low_cpu_mem_usage", [True, False])
@@ -177,7 +177,7 @@ def test_from_pretrained_checks_base_tensors(tmp_path):
         dd.from_pretrained(tmp_path / "m")
 
 
-# --- item 1: Hub repo ids, offline against a pre-filled cache ---------------------------------------------------
+# --- Hub repo ids, offline against a pre-filled cache -----------------------------------------------------------
 
 def _fill_cache(cache, repo_id: str, folder, commit="0123456789abcdef0123456789abcdef01234567"):
     """The layout huggingface_hub's cache has after a download: models--{owner}--{name}/snapshots/<commit>/...,
@@ -229,7 +229,7 @@ def test_import_released_repo_id(tmp_path, offline_hub):
     torch.testing.assert_close(_run_model(fresh), _run_model(model), rtol=0, atol=0)
 
 
-# --- item 2: diffusers' own save_pretrained / from_pretrained ---------------------------------------------------
+# --- diffusers' own save_pretrained / from_pretrained -----------------------------------------------------------
 
 def test_diffusers_save_pretrained_writes_converted_folder_and_diffusers_load_fails_loudly(tmp_path):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -253,7 +253,7 @@ def test_diffusers_save_pretrained_writes_converted_folder_and_diffusers_load_fa
     torch.testing.assert_close(_run_model(dd.from_pretrained(tmp_path / "u")), _run_model(pipe.unet))
 
 
-# --- item 3: load into meta-device weights ----------------------------------------------------------------------
+# --- load into meta-device weights ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["sd15", "pixart"])
 def test_load_materialises_meta_blocks(tmp_path, kind):
@@ -276,7 +276,7 @@ def test_load_materialises_meta_blocks(tmp_path, kind):
             assert not x.is_meta and torch.equal(x, y)
 
 
-# --- item 4: accelerate hooks -----------------------------------------------------------------------------------
+# --- accelerate hooks -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_accelerate_cpu_offload_matches(kind):
@@ -305,7 +305,7 @@ def test_pipeline_offload_matches(how):
     torch.testing.assert_close(_run_pipe(pipe), ref)
 
 
-# --- item 6: import_released into a converted model -------------------------------------------------------------
+# --- import_released into a converted model ---------------------------------------------------------------------
 
 def test_import_released_into_converted_model(tmp_path):
     from safetensors.torch import save_file
@@ -327,7 +327,7 @@ def test_import_released_into_converted_model(tmp_path):
 
 
 
-# --- item 5: revert, attention processors -----------------------------------------------------------------------
+# --- revert, attention processors -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["sdxl", "pixart"])
 def test_revert_restores_original_attention(kind):

@@ -1,4 +1,4 @@
-"""Analytic FLOPs: the paper's Table 1 self-attention column, DESIGN §2's roofline count, and a cross-check of
+"""Analytic FLOPs: the paper's Table 1 self-attention column, docs/DESIGN.md §2's roofline count, and a cross-check of
 every part `torch.utils.flop_counter.FlopCounterMode` can see (GEMMs, bmm, convolutions) on real layers."""
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ def test_twelve_paper_values_are_covered():
 
 
 def test_deltaconv_matches_design_roofline_count():
-    # DESIGN §2: FP16, B=2, PixArt at 1024² (N=4096, C=1152, K=13): GEMMs 21.7 GFLOP, depthwise 2.0, total 23.7.
+    # docs/DESIGN.md §2: FP16, B=2, PixArt at 1024² (N=4096, C=1152, K=13): GEMMs 21.7 GFLOP, depthwise 2.0, total 23.7.
     f = flops.method_flops("deltaconv", flops.PIXART, 1024, 1024)
     assert round(f.linear / 1e9, 1) == 21.7
     assert round(f.conv / 1e9, 1) == 2.0
-    assert round((f.linear + f.conv) / 1e9, 1) == 23.7  # DESIGN's total is GEMMs + depthwise, before bias adds
+    assert round((f.linear + f.conv) / 1e9, 1) == 23.7  # §2's total: GEMMs + depthwise, before bias adds
     assert f.bias == 2 * 4096 * (576 + 1152) + 2 * 1152
 
 

@@ -1,4 +1,4 @@
-"""The closed-form attention-informed initialisation (DESIGN §10): on a layer whose attention is translation-
+"""The closed-form attention-informed initialisation (docs/DESIGN.md §10): on a layer whose attention is translation-
 invariant, the initialised block computes exactly `conv_{mean pattern}(M x) + beta M mean(x) + c`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""No code runs from a file the user only meant to load (issue 29): the distill checkpoint is safetensors + JSON
+"""No code runs from a file the user only meant to load: the distill checkpoint is safetensors + JSON
 and loading it never unpickles; `deltaconv distill --resume` refuses an old pickled checkpoint unless
 --trust-checkpoint, and `load_encoder` refuses a whole pickled module unless trust_pickle=True."""
 

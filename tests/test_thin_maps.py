@@ -1,4 +1,4 @@
-"""Thin token maps (DESIGN §1: a stage pools to `max(1, int(H*s))` per axis): one `pooled_size` for every
+"""Thin token maps (docs/DESIGN.md §1: a stage pools to `max(1, int(H*s))` per axis): one `pooled_size` for every
 backend, the reference and the FLOP counts; a 4x1 map at scale 0.5 runs, as a 200x40 px SD1.5 image does."""
 
 import pytest

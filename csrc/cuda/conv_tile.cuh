@@ -1,4 +1,4 @@
-// The shared-memory halo tile of the depthwise K x K correlation (DESIGN §2), used by the forward conv + gate,
+// The shared-memory halo tile of the depthwise K x K correlation (docs/DESIGN.md §2), used by the forward conv + gate,
 // the gate backward (which recomputes the conv), the transposed conv and the weight gradient.
 //
 // A CTA owns a tile of kTileH x kTileW output pixels of one sample and a channel block: CB channels of the

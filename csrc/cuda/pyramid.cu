@@ -1,4 +1,4 @@
-// CUDA kernels of the fused pyramid stage (DESIGN §2), channels-last. The K x K work (conv + gate, its
+// CUDA kernels of the fused pyramid stage (docs/DESIGN.md §2), channels-last. The K x K work (conv + gate, its
 // backward, the transposed conv, the weight gradient) runs on shared-memory halo tiles (conv_tile.cuh); pooling
 // and the bilinear resize are one thread per output element with grid-stride loops and 64-bit indexing. All
 // arithmetic is in the compute dtype (fp32; fp64 for fp64 tensors); stores round once. Every output element and

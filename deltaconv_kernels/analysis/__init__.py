@@ -1,4 +1,4 @@
-"""Attention-locality analysis (paper §3.2, issue 8): how local is a diffusers model's self-attention, and which
+"""Attention-locality analysis (paper §3.2): how local is a diffusers model's self-attention, and which
 ΔConvBlock kernel size does each layer need.
 
     from deltaconv_kernels.analysis.pipeline import AnalysisSettings, analyze

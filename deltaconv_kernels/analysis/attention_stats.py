@@ -1,4 +1,4 @@
-"""The statistics the attention-informed initialisation needs (DESIGN §10), as a consumer of `AttentionCapture`:
+"""The statistics the attention-informed initialisation needs (docs/DESIGN.md §10), as a consumer of `AttentionCapture`:
 per layer the head-averaged mean softmax row relative to its query (from the capture's sampled queries, so memory
 stays at one `[2H-1, 2W-1]` sum per layer, never an N x N matrix) and the second moment `E[x x^T]` of the attn1
 inputs. `deltaconv analyze` writes them next to analysis.json as `attention_statistics.safetensors`.

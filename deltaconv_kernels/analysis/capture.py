@@ -4,7 +4,7 @@ For each layer a fixed sample of query positions is drawn once per map size (see
 the same queries); during the model's forward a hook on `attn1` recomputes softmax(q k^T * scale) for those queries
 only, a chunk of heads (and queries) at a time, and hands each chunk to a consumer. The hook reads the layer's input
 and returns nothing, so the model's output is untouched. The map size (H, W) of a layer is not visible to `attn1`
-(it sees `[B, N, C]`); a forward pre-hook on the module that still sees the 4-D latent records it (DESIGN §5):
+(it sees `[B, N, C]`); a forward pre-hook on the module that still sees the 4-D latent records it (docs/DESIGN.md §5):
 `Transformer2DModel` in U-Nets, the model itself for PixArt and DiT (latent H / patch, W / patch).
 
 Layer names are the module paths of the `attn1` modules relative to the denoiser (e.g.

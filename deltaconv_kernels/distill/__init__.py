@@ -1,4 +1,4 @@
-"""Distillation of self-attention into ΔConvBlocks (paper §4.3, DESIGN §6).
+"""Distillation of self-attention into ΔConvBlocks (paper §4.3, docs/DESIGN.md §6).
 
 Modules, one job each: `losses` (Min-SNR-weighted output MSE, feature MSE), `data` (latents files, image folders,
 random data, aspect-ratio buckets, resumable batch order), `models` (calling diffusers denoisers uniformly),

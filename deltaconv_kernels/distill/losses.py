@@ -1,4 +1,4 @@
-"""Distillation losses (paper §4.3, DESIGN §6): Min-SNR-γ weighted output MSE between student and teacher
+"""Distillation losses (paper §4.3, docs/DESIGN.md §6): Min-SNR-γ weighted output MSE between student and teacher
 predictions, per-layer feature MSE, and an optional MSE to the true diffusion target."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`torch.library` registrations (DESIGN §3): schemas, fake kernels and autograd for the two fused ops.
+"""`torch.library` registrations (docs/DESIGN.md §3): schemas, fake kernels and autograd for the two fused ops.
 
 The ops take the backend name as a string argument, resolved before the call, so `torch.compile` sees
 one opaque op per backend choice and traces through every backend with `fullgraph=True`.
@@ -82,7 +82,7 @@ def _pooled_grad(ctx, grad):
     # The backward is two small GEMMs and a broadcast: torch does it, no kernel needed.
     x, weight = ctx.saved_tensors
     b, h, w, c = x.shape
-    cd = compute_dtype(x.dtype)  # fp32, or fp64 for fp64 inputs (DESIGN §1)
+    cd = compute_dtype(x.dtype)  # fp32, or fp64 for fp64 inputs (docs/DESIGN.md §1)
     g = grad.to(cd)
     grad_x = grad_w = grad_b = None
     if ctx.needs_input_grad[0]:

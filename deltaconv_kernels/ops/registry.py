@@ -1,4 +1,4 @@
-"""Backend registry and choice (DESIGN §3).
+"""Backend registry and choice (docs/DESIGN.md §3).
 
 A kernel backend is a module with three functions, all on channels-last tensors:
   pyramid_forward(u, weights, scales, sigmoid_gate, gate_scale) -> [B, H, W, Ci/2 * S] in u.dtype
