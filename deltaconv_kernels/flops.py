@@ -6,7 +6,7 @@
 - batch 2 by default (classifier-free guidance): self-attention is `2 * (4 N^2 C + 8 N C^2 + 4 N C)`.
 
 Every count is a `Flops` breakdown (linear / attention / conv / bias) so that the parts
-`torch.utils.flop_counter.FlopCounterMode` can see are checked separately (tests/test_flops.py).
+`torch.utils.flop_counter.FlopCounterMode` can see are checked separately (tests/bench/test_flops.py).
 `method_flops` is the ideal count (each query against exactly its window); `executed_flops` what an implementation
 computes: the windowed baselines' tiled references and flex_attention block masks compute more pairs
 (`window_blocks` has their geometry). `python -m deltaconv_kernels.flops` prints the paper's Table 1 next to ours.

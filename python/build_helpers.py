@@ -287,7 +287,7 @@ def build_ext_class():
             """Compiles the per-ISA sources once per instruction set, each with its flags and macros. The objects
             are linked after the extension's own ones, lowest ISA first: an inline function that several objects
             emit (a std:: template, say) is then taken from a baseline or lower-ISA object (the linker keeps the
-            first), never from an AVX-512 one. tests/test_cpu_isa.py checks the result."""
+            first), never from an AVX-512 one. tests/cpu/test_cpu_isa.py checks the result."""
             sources, isas = ext.deltaconv_isa
             args = ext.extra_compile_args
             cxx = list(args["cxx"] if isinstance(args, dict) else args)

@@ -45,18 +45,18 @@ class Mutant:
     tests: tuple       # pytest node ids (paths relative to the root)
 
 
-TRI = "tests/test_triton_backend.py"
-CONF = "tests/test_backend_conformance.py"
+TRI = "tests/triton/test_triton_backend.py"
+CONF = "tests/ops/test_backend_conformance.py"
 TRI_FP32_SCALED = f"{CONF}::test_pyramid_forward_and_grads[triton-0-torch.float32]"   # 7x9 -> 3x4, B=2, strided grad
 TRI_FP32_SIGMOID = f"{CONF}::test_pyramid_forward_and_grads[triton-1-torch.float32]"  # 8x9 -> 4x4 -> 2x2
 TRI_SPLITS = f"{TRI}::test_weight_grad_reduction_over_forced_splits"
 TRI_MEAN_SPLITS = f"{TRI}::test_spatial_mean_over_forced_splits"
-REF = "tests/test_reference.py"
-CPU = "tests/test_cpu_backend.py"
+REF = "tests/ops/test_reference.py"
+CPU = "tests/cpu/test_cpu_backend.py"
 CPU_SCALED = f"{CONF}::test_pyramid_forward_and_grads[cpu-0-torch.float32]"    # 13x9, K=3, scaled
 CPU_SIGMOID = f"{CONF}::test_pyramid_forward_and_grads[cpu-1-torch.float32]"   # 25x17, K=5, 3 stages, sigmoid
-WGRAD = "tests/test_weight_grad_accuracy.py"
-LOSSES = "tests/test_distill_losses.py"
+WGRAD = "tests/ops/test_weight_grad_accuracy.py"
+LOSSES = "tests/distill/test_distill_losses.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- the reference (the spec): caught by the independent NCHW formulation and the pinned constants ---

@@ -1,7 +1,12 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# The shared test helpers (tiny_models, independent, source_tree) are imported by name from every test folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 # Keep CPU tests deterministic and bounded on a 2-core machine.
 torch.manual_seed(0)

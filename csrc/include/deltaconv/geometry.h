@@ -14,7 +14,7 @@
 namespace deltaconv {
 
 // `max(1, int(size * scale))`, the pooled size of a stage along one axis (docs/DESIGN.md §1): the twin of
-// deltaconv_kernels/geometry.py:pooled_size (tests/test_thin_maps.py checks that the two agree).
+// deltaconv_kernels/geometry.py:pooled_size (tests/ops/test_thin_maps.py checks that the two agree).
 DELTACONV_HD int64_t pooled_size(int64_t size, double scale) {
   const auto p = static_cast<int64_t>(static_cast<double>(size) * scale);
   return p < 1 ? 1 : p;

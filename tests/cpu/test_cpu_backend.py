@@ -1,6 +1,6 @@
 """What is specific to the `cpu` backend (C++ extension, csrc/cpu): mixed dtypes under autocast, the C++ argument
 checks, and a fuzz of shapes (the fast backend to fuzz on). Forward and gradients against the reference, every
-dtype, determinism, opcheck and compile are in the shared suite, tests/test_backend_conformance.py."""
+dtype, determinism, opcheck and compile are in the shared suite, tests/ops/test_backend_conformance.py."""
 
 import pytest
 import torch

@@ -61,7 +61,7 @@ def test_two_process_ddp_run(tmp_path):
 
     model = _saved_model(tmp_path)
     out = tmp_path / "ddp"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "deltaconv_kernels.cli",

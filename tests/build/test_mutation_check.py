@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "python" / "mutation_check.py"
 if not SCRIPT.is_file():
     pytest.skip("python/mutation_check.py is not in this tree (an installed package is being tested)",

@@ -17,7 +17,7 @@ from tiny_models import cfg_denoise_unet, tiny_pixart_pipeline, tiny_sd_pipeline
 
 from deltaconv_kernels.integrations import diffusers as dd  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 needs_transformers = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="diffusers pipelines import `transformers`, "
                                         "which is not installed (pip install transformers)")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("skimage", reason="the locality proof crops scikit-image's bundled images")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python" / "examples" / "locality"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python" / "examples" / "locality"))
 
 
 def test_locality_proof_smoke(tmp_path):

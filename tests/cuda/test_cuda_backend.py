@@ -1,7 +1,7 @@
 """What is specific to the `cuda` backend (CUDA C++ kernels of `_C`, csrc/cuda), on a GPU: maps beyond 2^31
 elements (64-bit row bases under 32-bit in-tile offsets) and a spatial mean split over many blocks. Forward and
 gradients against the reference, every dtype, K up to 31 (more than 48 KB of shared memory), determinism, opcheck
-and compile are in the shared suite, tests/test_backend_conformance.py. Without a CUDA device, or with an
+and compile are in the shared suite, tests/ops/test_backend_conformance.py. Without a CUDA device, or with an
 extension built without CUDA, the whole file skips with the backend's reason (the sources are still compiled in
 CI by .ci/nvcc_check.sh)."""
 

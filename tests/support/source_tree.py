@@ -3,7 +3,7 @@
 import importlib.util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 _spec = importlib.util.spec_from_file_location("build_helpers", ROOT / "python" / "build_helpers.py")
 build_helpers = importlib.util.module_from_spec(_spec)

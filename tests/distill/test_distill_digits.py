@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("sklearn", reason="the digits proof needs scikit-learn's load_digits")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python" / "examples" / "digits"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python" / "examples" / "digits"))
 
 
 def test_digits_proof_smoke(tmp_path):
