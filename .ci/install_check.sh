@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fresh-environment install checks (issue 15), on a copy of the working tree, in venvs without system packages:
+# Fresh-environment install checks, on a copy of the working tree, in venvs without system packages:
 #   1. a venv without torch: plain `pip install .` fails in under 60 s and says how to install torch;
 #   2. a venv with only torch==2.13.0: plain `pip install .` builds _C against that torch, pip's output shows no
 #      torch being collected or downloaded, and available_backends() reports `cpu` available;

@@ -1,4 +1,4 @@
-// CPU kernels of the fused pyramid stage and the pooled-bias mean (DESIGN §2), channels-last.
+// CPU kernels of the fused pyramid stage and the pooled-bias mean (docs/DESIGN.md §2), channels-last.
 //
 // Layout of the work: every internal buffer is fp32 (fp64 for fp64 tensors) with the channel count padded
 // to a multiple of the vector width (`Cp`, zero-filled), and spatial rows padded with `P` zero pixels on
@@ -7,7 +7,7 @@
 // every partial sum of a weight gradient) is written by exactly one task in a fixed order, so results do
 // not depend on the thread count.
 //
-// The K x K loops are register-blocked (DESIGN §2): XB output pixels along W times one vector of channels per
+// The K x K loops are register-blocked (docs/DESIGN.md §2): XB output pixels along W times one vector of channels per
 // inner block, the K taps of a kernel row held in registers, and each input vector of a row loaded once and used
 // for every tap it meets (XB + K - 1 loads for XB * K FMAs). K is a template parameter for the kernel sizes that
 // fit the register file; other K take a generic loop.

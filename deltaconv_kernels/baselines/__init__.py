@@ -1,4 +1,4 @@
-"""Attention baselines ΔConvBlock is compared against (DESIGN §7). Each takes `[B, N, C]` hidden states with the
+"""Attention baselines ΔConvBlock is compared against (docs/DESIGN.md §7). Each takes `[B, N, C]` hidden states with the
 diffusers `Attention` call signature plus the spatial size; see `base.AttentionBaseline`. Imports from the package
 only torch-free modules: `ditfastattn_schedule` (DiTFastAttn's plan) and `window_blocks` (the windowed
 implementations' geometry, which flops.py counts too)."""

@@ -1,4 +1,4 @@
-"""LinFusion-style generalized linear attention (Liu et al. 2024), exactly DESIGN §7:
+"""LinFusion-style generalized linear attention (Liu et al. 2024), exactly docs/DESIGN.md §7:
 
     q = W_q(x + φ_q(x)),  k = W_k(x + φ_k(x)),  v = W_v x,  φ = Linear -> LayerNorm -> LeakyReLU -> Linear
     per head: q' = elu(q) + 1,  k' = elu(k) + 1

@@ -1,4 +1,4 @@
-"""The distillation loop (paper §4.3, DESIGN §6): only the students train (the ΔConvBlocks of `convert`, or the
+"""The distillation loop (paper §4.3, docs/DESIGN.md §6): only the students train (the ΔConvBlocks of `convert`, or the
 baseline layers of `replace_attention`, e.g. LinFusion or neighborhood attention, their projections carried over
 from the attention they replace); the teacher is the same model with every replaced layer in "teacher" mode (the
 kept original attention) run under no_grad, so teacher and student share one copy of the frozen weights.

@@ -1,4 +1,4 @@
-"""Fused Triton kernels for the ΔConvBlock (DESIGN §2): pyramid stage forward/backward and the pooled-bias mean.
+"""Fused Triton kernels for the ΔConvBlock (docs/DESIGN.md §2): pyramid stage forward/backward and the pooled-bias mean.
 
 Modules: `index_math` (shared @triton.jit helpers: adaptive windows, bilinear taps, the K x K tap loop),
 `pyramid_fwd` / `pyramid_bwd` (kernels + launchers for one pyramid), `pooled_bias` (mean over H, W),

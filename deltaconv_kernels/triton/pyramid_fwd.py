@@ -1,4 +1,4 @@
-"""Forward of the fused pyramid (DESIGN §2). Per stage:
+"""Forward of the fused pyramid (docs/DESIGN.md §2). Per stage:
   s = 1: u is copied into a zero-bordered buffer; the conv + gate kernel writes z straight into the concat slice;
   s < 1: u is pooled once into a zero-bordered fp32 buffer (a quarter of u at s=0.5); the same conv + gate kernel
          writes a small fp32 low-res z; the bilinear kernel upsamples it into the concat slice.

@@ -6,8 +6,8 @@ trained on scikit-learn's digits into ΔConvBlocks, and compare from the same no
 by PSNR against the teacher's samples and by Fréchet distance to the real digits in the feature space of a digit
 classifier. Everything runs on CPU:
 
-    PYTHONPATH=. python python/examples/digits/run_proof.py --out /tmp/digits \\
-        --results /tmp/RESULTS_distill.md --grid benchmarks/digits_grid.png
+    PYTHONPATH=. python python/examples/digits/run_proof.py --out <out> \\
+        --results <out>/RESULTS_distill.md --grid benchmarks/digits_grid.png
 
 The teacher and classifier are cached in --out (delete them to retrain). `--smoke` runs the same pipeline at toy
 sizes in well under a minute (a CI test).
@@ -204,8 +204,8 @@ def write_results(path: Path, m: dict, grid: Path | None) -> None:
                  if t.get("reused") else ", teacher training included."), ""]
     if grid is not None:
         lines += [f"![teacher vs student samples]({grid.name})", ""]
-    lines += [f"Reproduce: `PYTHONPATH=. python python/examples/digits/run_proof.py --out /tmp/digits --threads "
-              f"{m['threads']} --results /tmp/RESULTS_distill.md --grid benchmarks/digits_grid.png`", ""]
+    lines += [f"Reproduce: `PYTHONPATH=. python python/examples/digits/run_proof.py --out <out> --threads "
+              f"{m['threads']} --results <out>/RESULTS_distill.md --grid benchmarks/digits_grid.png`", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 

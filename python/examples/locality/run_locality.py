@@ -14,7 +14,7 @@
 6. a markdown section (table, plots, grid, command, wall time), optionally put at the end of RESULTS.md.
 
     pip install .   # the package with its C++ CPU kernels (PYTHONPATH=. also works, on the torch backend)
-    python python/examples/locality/run_locality.py --out /tmp/locality --plots benchmarks \\
+    python python/examples/locality/run_locality.py --out <out> --plots benchmarks \\
         --results benchmarks/RESULTS.md
 
 `--smoke` runs the same pipeline at toy sizes in well under a minute (a CI test). The teacher and classifier are
@@ -382,7 +382,7 @@ def section(m: dict, plots: Path | None) -> str:
     lines = [
         "## Locality proof",
         "",
-        f"The paper's workflow on a teacher trained here, at a {side}x{side} token map (issue 16). Data: random "
+        f"The paper's workflow on a teacher trained here, at a {side}x{side} token map. Data: random "
         f"{cfg['crop']}x{cfg['crop']} crops with flips of the {len(m['sources'])} images of `skimage.data` whose files "
         f"ship in the package ({', '.join(m['sources'])}; grey ones replicated to RGB, each resized to a "
         f"{cfg['short_side']} px short side; nothing downloaded). Teacher: `PixArtTransformer2DModel` (hidden "
