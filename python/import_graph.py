@@ -52,20 +52,28 @@ def module_names(package_dir: Path) -> dict[str, Path]:
 
 
 def _bound_names(tree: ast.Module) -> set[str] | None:
-    """Names a package's `__init__` binds at top level; None when it may bind any (star import or `__getattr__`)."""
+    """Names a package's `__init__` binds when it runs (top level, inside `if`/`try`/`with`, not inside functions or
+    classes); None when it may bind any name (a star import or a module `__getattr__`)."""
     names: set[str] = set()
-    for node in ast.walk(tree):
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             if node.name == "__getattr__" and node in tree.body:
                 return None
             names.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
             for alias in node.names:
                 if alias.name == "*":
                     return None
                 names.add(alias.asname or alias.name.split(".")[0])
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
+            continue
+        for child in ast.iter_child_nodes(node):  # statements nested in if/try/with/for run too; functions do not
+            if isinstance(child, ast.stmt):
+                todo.append(child)
+            else:
+                names.update(n.id for n in ast.walk(child) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
     return names
 
 
@@ -81,12 +89,12 @@ def _resolve_from(module: str, is_package: bool, node: ast.ImportFrom) -> str | 
 
 
 def _local_nodes(tree: ast.Module):
-    """Yield (node, inside_function_or_class) for every node of the tree."""
+    """Yield (node, inside a function) for every node of the tree (a class body runs at import: not local)."""
     stack = [(tree, False)]
     while stack:
         node, local = stack.pop()
         yield node, local
-        inner = local or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))
+        inner = local or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
         stack.extend((child, inner) for child in ast.iter_child_nodes(node))
 
 
