@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from deltaconv_kernels import DeltaConvBlock, available_backends
 from deltaconv_kernels.baselines.sdpa import SDPASelfAttention
-from deltaconv_kernels.bench_timing import interleaved
+from deltaconv_kernels.bench.timing import interleaved
 
 CPU = available_backends()["cpu"]
 pytestmark = pytest.mark.skipif(not CPU.available, reason=f"cpu backend unavailable: {CPU.reason}")

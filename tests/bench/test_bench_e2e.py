@@ -10,9 +10,9 @@ import json
 
 import pytest
 import torch
+from deltaconv_kernels.bench_timing import Record
 
 from deltaconv_kernels import bench, bench_e2e
-from deltaconv_kernels.bench_timing import Record
 from deltaconv_kernels.ops import resolve
 
 

@@ -1,7 +1,7 @@
-"""End-to-end benchmarks (`deltaconv bench --end-to-end`): whole denoiser steps of the full-size PixArt-Σ and
-SD1.5 architectures, forward+backward of one attention layer per method, and torch.compile of the eager ΔConv
-block and of SDPA. All timing and memory go through `bench_timing` (interleaved rounds, peak memory on a call of
-its own) and every case is a `bench_timing.Record`.
+"""End-to-end benchmarks (`deltaconv bench e2e`): whole denoiser steps of the full-size PixArt-Σ and SD1.5
+architectures, forward+backward of one attention layer per method, and torch.compile of the eager ΔConv block and
+of SDPA. All timing and memory go through `timing` (interleaved rounds, peak memory on a call of its own) and
+every case is a `records.Record`.
 
 Parts:
 - "step": one denoiser forward (inference mode) of the model built from its public config with seeded random
@@ -12,7 +12,7 @@ Parts:
   `attn1` modules and they are swapped in before its call, so the rest of the weights are common and only one
   model is in memory. DiTFastAttn is timed at its compressed step (window attention + the residual its full step
   cached, primed once per resolution), its compressed step (`DITFASTATTN_STEP`; the layer grid times every mode).
-- "layer-backward": forward+backward of `bench.build_layer` for every method at the PixArt-1024 layer shape
+- "layer-backward": forward+backward of `layers.build_layer` for every method at the PixArt-1024 layer shape
   (64 x 64 tokens, C = 1152).
 - "compile": the same shape, forward: ΔConvBlock on its pure-PyTorch backend eager and under torch.compile, on
   the automatic backend (C++ on CPU), and SDPA eager and compiled. The compile time (first call) is reported in
@@ -21,34 +21,34 @@ Parts:
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from deltaconv_kernels import bench, flops
-from deltaconv_kernels.bench_timing import Record, interleaved, peak_memory, synchronizer
-from deltaconv_kernels.fileio import atomic_write
+from deltaconv_kernels import flops
+from deltaconv_kernels.baselines import DiTFastAttnSchedule, SDPASelfAttention
+from deltaconv_kernels.bench.config import E2E_PARTS as PARTS
+from deltaconv_kernels.bench.config import E2E_RESOLUTIONS as DEFAULT_RESOLUTIONS
+from deltaconv_kernels.bench.config import E2E_STEP_METHODS as STEP_METHODS
+from deltaconv_kernels.bench.config import METHODS, MODELS, VAE_FACTOR, BenchConfig
+from deltaconv_kernels.bench.layers import build_layer
+from deltaconv_kernels.bench.records import Record, environment
+from deltaconv_kernels.bench.timing import interleaved, peak_memory, synchronizer
+from deltaconv_kernels.dtypes import dtype_name
+from deltaconv_kernels.integrations.diffusers import convert, replace_attention
+from deltaconv_kernels.modules import DeltaConvBlock
+from deltaconv_kernels.ops import resolve
+from deltaconv_kernels.resolutions import Resolution, resolution
 
-MODELS = ("pixart", "sd15")
-PARTS = ("step", "layer-backward", "compile")
-DEFAULT_RESOLUTIONS = ("512", "1K")
-STEP_METHODS = ("sdpa", "deltaconv", "neighborhood", "ditfastattn", "linfusion", "mediator")
 DITFASTATTN_STEP = "window_residual"  # DiTFastAttn is timed at its compressed step here
 LAYER_MODEL, LAYER_RESOLUTION = "pixart", "1K"  # the layer parts' shape: PixArt-Σ at 1024² (64 x 64 tokens)
 LAYER_WARMUP = 1  # the layer parts are cheap: one more untimed round after the peak-memory call (autograd's
 # and the allocator's first-round growth otherwise lands in the first timed round)
-TINY_LAYER_TOKENS = (8, 8)  # --e2e-tiny: the layer parts' token map
-TINY_IMAGE_DIVISOR = 8  # --e2e-tiny: images this much smaller (512² -> 64², an 8 x 8 latent)
-VAE_FACTOR = 8  # both models' VAEs: latents are image / 8
+TINY_LAYER_TOKENS = (8, 8)  # --tiny: the layer parts' token map
+TINY_IMAGE_DIVISOR = 8  # --tiny: images this much smaller (512² -> 64², an 8 x 8 latent)
 TEXT_TOKENS = {"pixart": 300, "sd15": 77}  # PixArtSigmaPipeline max_sequence_length; CLIP's model_max_length
-E2E_DTYPES = {"cpu": "bf16", "cuda": "fp16"}
-OUTPUT_NAME = "end_to_end.json"
 
 # Denoiser configs of the public checkpoints (the architecture entries of their config.json):
 # PixArt-alpha/PixArt-Sigma-XL-2-1024-MS transformer/ and runwayml/stable-diffusion-v1-5 unet/.
@@ -80,7 +80,7 @@ TINY_CONFIGS = {
 # ---- whole models ------------------------------------------------------------------------------------------
 def build_model(model: str, device, dtype: torch.dtype, tiny: bool = False, seed: int = 0) -> nn.Module:
     """The denoiser of `model` from its config (full size, or the tiny one), seeded random weights, eval mode."""
-    import diffusers
+    import diffusers  # optional (the "diffusers" extra): imported when a model is built
 
     cfg = dict((TINY_CONFIGS if tiny else FULL_CONFIGS)[model])
     cls = getattr(diffusers, cfg.pop("_class_name"))
@@ -111,16 +111,15 @@ def model_inputs(model: str, denoiser: nn.Module, height: int, width: int, batch
 
 class AttentionVariants:
     """The self-attention `attn1` modules of several methods for one model: `install(method)` puts that method's
-    modules in every site. Built by converting the model once per method and taking its new modules back out;
-    the size hooks the conversions attach are shared (one per owner), so every variant sees the (H, W) map."""
+    modules in every site (a block whose `attn1` the conversions replace, named by that `attn1`'s path). Built by
+    converting the model once per method and taking its new modules back out; the size hooks the conversions
+    attach are shared (one per owner), so every variant sees the (H, W) map."""
 
     def __init__(self, model_name: str, model: nn.Module, methods, backend: str | None = None):
-        from deltaconv_kernels.integrations.diffusers import convert, replace_attention
-        from deltaconv_kernels.integrations.diffusers_models import find_sites
-
         self.model = model
-        self.sites = find_sites(model)
-        original = {s.name: s.block.attn1 for s in self.sites}
+        self.blocks = {f"{name}.attn1": m for name, m in model.named_modules()
+                       if isinstance(getattr(m, "attn1", None), nn.Module)}
+        original = {name: block.attn1 for name, block in self.blocks.items()}
         processor = type(next(iter(original.values())).processor).__name__
         self.modules = {"sdpa": original}
         self.implementations = {"sdpa": f"diffusers {processor} (torch SDPA)"}
@@ -130,7 +129,6 @@ class AttentionVariants:
                 continue
             if method == "deltaconv":
                 convert(model, "released", backend=backend)
-                from deltaconv_kernels.ops import resolve
                 impl = resolve(backend, model.device.type, model.dtype)
             elif method == "ditfastattn":
                 schedule = _ditfastattn_schedule()
@@ -140,7 +138,9 @@ class AttentionVariants:
                 kw = {"kernel_size": flops.LAYER_SHAPES[model_name].kernel_size} if method == "neighborhood" else {}
                 replace_attention(model, method, **kw)
                 impl = "torch"
-            self.modules[method] = {s.name: s.block.attn1 for s in self.sites}
+            replaced = {name: block.attn1 for name, block in self.blocks.items() if block.attn1 is not original[name]}
+            self.blocks = {name: self.blocks[name] for name in replaced}  # the sites: what every conversion replaces
+            self.modules[method] = replaced
             if method == "neighborhood":
                 impl = next(iter(self.modules[method].values())).layer.impl
             if method == "ditfastattn":
@@ -149,9 +149,13 @@ class AttentionVariants:
             self.install("sdpa")
         self.methods = [m for m in methods if m in self.modules]
 
+    @property
+    def sites(self) -> list[str]:
+        return list(self.blocks)
+
     def install(self, method: str) -> None:
-        for site in self.sites:
-            site.block.attn1 = self.modules[method][site.name]
+        for name, block in self.blocks.items():
+            block.attn1 = self.modules[method][name]
 
     def prime(self, inputs: dict) -> None:
         """Run DiTFastAttn's full step once at these inputs, so its compressed steps have the residual cached."""
@@ -176,7 +180,6 @@ class AttentionVariants:
 
 
 def _ditfastattn_schedule():
-    from deltaconv_kernels.baselines import DiTFastAttnSchedule
     return DiTFastAttnSchedule(("full", DITFASTATTN_STEP))
 
 
@@ -190,73 +193,74 @@ def measure(calls: dict[str, Callable[[], object]], rounds: int, device, warmup:
     return {name: (timings[name], *peaks[name]) for name in calls}
 
 
-def _record(method, model, res, dtype_label, batch, impl, measured, mode, flops_ideal=0.0, **extra) -> Record:
+def _record(method, model, res, cfg: BenchConfig, impl, measured, mode, flops_ideal=0.0, **extra) -> Record:
     timing, peak, how = measured
     return Record(method=method, model=model, resolution=res.label, height=res.height, width=res.width,
-                  dtype=dtype_label, batch=batch, implementation=impl, seconds_median=timing.median,
+                  dtype=dtype_name(cfg.dtype), batch=cfg.batch, unstable=timing.unstable, implementation=impl,
+                  seconds_median=timing.median,
                   seconds_iqr=timing.iqr, rounds=timing.rounds, processes=1, peak_bytes=peak, flops_executed=0.0,
                   flops_ideal=flops_ideal, extrapolated=False, mode=mode,
                   extra={"seconds": list(timing.seconds), "peak_memory": how, **extra})
 
 
-def step_records(model_name: str, resolutions, opts: dict, bar=None) -> list[Record]:
+def step_records(model_name: str, resolutions, cfg: BenchConfig, methods=STEP_METHODS, tiny: bool = False,
+                 bar=None) -> list[Record]:
     """Denoiser-step records of one model at each resolution, its variants interleaved."""
-    device, dtype = opts["device"], opts["dtype"]
+    device, dtype = cfg.device, cfg.dtype
     t0 = time.perf_counter()
-    model = build_model(model_name, device, dtype, tiny=opts["tiny"])
-    variants = AttentionVariants(model_name, model, opts["methods"])
+    model = build_model(model_name, device, dtype, tiny=tiny)
+    variants = AttentionVariants(model_name, model, methods)
     built_s = time.perf_counter() - t0
     sync = synchronizer(device)
     records = []
     for res in resolutions:
         if bar is not None:
             bar.set_postfix_str(f"step {model_name} {res.label}")
-        if opts["tiny"]:  # tiny models get tiny images too
-            res = bench.Resolution(f"{res.label} (tiny)", res.height // TINY_IMAGE_DIVISOR,
+        if tiny:  # tiny models get tiny images too
+            res = Resolution(f"{res.label} (tiny)", res.height // TINY_IMAGE_DIVISOR,
                                    res.width // TINY_IMAGE_DIVISOR)
-        inputs = model_inputs(model_name, model, res.height, res.width, opts["batch"])
+        inputs = model_inputs(model_name, model, res.height, res.width, cfg.batch)
         variants.prime(inputs)
         calls = {m: variants.call(m, inputs, sync) for m in variants.methods}
-        for method, measured in measure(calls, opts["rounds"], device).items():
-            records.append(_record(method, model_name, res, opts["dtype_label"], opts["batch"],
-                                   variants.implementations[method], measured, "denoiser step",
-                                   tiny=opts["tiny"], model_build_s=built_s))
+        for method, measured in measure(calls, cfg.rounds, device).items():
+            records.append(_record(method, model_name, res, cfg, variants.implementations[method], measured,
+                                   "denoiser step", tiny=tiny, model_build_s=built_s))
         if bar is not None:
             bar.update()
     del variants, model
     return records
 
 
-def _layer_case(opts: dict):
+def _layer_case(tiny: bool):
     shape = flops.LAYER_SHAPES[LAYER_MODEL]
-    res = bench.resolution(LAYER_RESOLUTION)
-    h, w = TINY_LAYER_TOKENS if opts["tiny"] else shape.tokens(res.height, res.width)
-    if opts["tiny"]:
-        res = bench.Resolution("tiny", h * shape.pixels_per_token, w * shape.pixels_per_token)
+    res = resolution(LAYER_RESOLUTION)
+    h, w = TINY_LAYER_TOKENS if tiny else shape.tokens(res.height, res.width)
+    if tiny:
+        res = Resolution("tiny", h * shape.pixels_per_token, w * shape.pixels_per_token)
     return shape, res, h, w
 
 
-def layer_backward_records(opts: dict) -> list[Record]:
+def layer_backward_records(cfg: BenchConfig, tiny: bool = False) -> list[Record]:
     """Forward+backward of one layer of every method at the PixArt-1024 layer shape, interleaved."""
-    device, dtype, batch = opts["device"], opts["dtype"], opts["batch"]
-    shape, res, h, w = _layer_case(opts)
+    device, dtype, batch = cfg.device, cfg.dtype, cfg.batch
+    shape, res, h, w = _layer_case(tiny)
     sync = synchronizer(device)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, h * w, shape.channels, generator=g).to(device, dtype).requires_grad_(True)
     grad = torch.randn(batch, h * w, shape.channels, generator=g).to(device, dtype)
     calls, impls = {}, {}
-    for method in bench.METHODS:
+    for method in METHODS:
         torch.manual_seed(0)
         mode = DITFASTATTN_STEP if method == "ditfastattn" else "forward"
-        layer, impls[method] = bench.build_layer(method, LAYER_MODEL, device, dtype, mode)
+        layer, impls[method] = build_layer(method, LAYER_MODEL, device, dtype, mode)
         kw = {}
         if method == "ditfastattn":  # its compressed step, as the layer grid times it
             layer.set_cache(residual=torch.randn(x.shape, generator=g).to(device, dtype) * 0.1)
             kw = {"step": 1}
         calls[method] = _backward_call(layer, x, grad, (h, w), kw, sync)
-    return [_record(m, LAYER_MODEL, res, opts["dtype_label"], batch, impls[m], measured, "forward+backward",
-                    tokens=[h, w], channels=shape.channels)
-            for m, measured in measure(calls, opts["rounds"], device, warmup=LAYER_WARMUP).items()]
+    return [_record(m, LAYER_MODEL, res, cfg, impls[m], measured, "forward+backward", tokens=[h, w],
+                    channels=shape.channels)
+            for m, measured in measure(calls, cfg.rounds, device, warmup=LAYER_WARMUP).items()]
 
 
 def _backward_call(layer, x, grad, size, kw, sync):
@@ -268,25 +272,20 @@ def _backward_call(layer, x, grad, size, kw, sync):
     return call
 
 
-def compile_records(opts: dict) -> list[Record]:
+def compile_records(cfg: BenchConfig, tiny: bool = False, backend: str = "inductor") -> list[Record]:
     """ΔConvBlock (pure-PyTorch backend) and SDPA, eager and compiled, plus ΔConvBlock on the automatic backend:
     forwards at the PixArt-1024 layer shape, interleaved; compile time reported apart."""
-    from deltaconv_kernels import baselines
-    from deltaconv_kernels.modules import DeltaConvBlock
-    from deltaconv_kernels.ops import resolve
-
-    device, dtype, batch = opts["device"], opts["dtype"], opts["batch"]
-    shape, res, h, w = _layer_case(opts)
+    device, dtype, batch = cfg.device, cfg.dtype, cfg.batch
+    shape, res, h, w = _layer_case(tiny)
     factory = {"device": device, "dtype": dtype}
     torch.manual_seed(0)
-    # sigmoid gate: the released PixArt models' (as bench.build_layer builds the PixArt ΔConvBlock)
+    # sigmoid gate: the released PixArt models' (as layers.build_layer builds the PixArt ΔConvBlock)
     eager_block = DeltaConvBlock(shape.channels, kernel_size=shape.kernel_size, gate="sigmoid", backend="torch",
                                  **factory).eval()
     auto_block = DeltaConvBlock(shape.channels, kernel_size=shape.kernel_size, gate="sigmoid", backend=None,
                                 **factory).eval()
     auto_block.load_state_dict(eager_block.state_dict())
-    sdpa = baselines.SDPASelfAttention(shape.channels, shape.heads, **factory).eval()
-    backend = opts["compile_backend"]
+    sdpa = SDPASelfAttention(shape.channels, shape.heads, **factory).eval()
     layers = {  # name: (method, implementation, module, compiled)
         "deltaconv-eager": ("deltaconv", "torch (eager)", eager_block, False),
         "deltaconv-compiled": ("deltaconv", f"torch + torch.compile({backend})",
@@ -306,11 +305,11 @@ def compile_records(opts: dict) -> list[Record]:
             calls[name]()
             compile_s[name] = time.perf_counter() - t0
     records = []
-    for name, measured in measure(calls, opts["rounds"], device, warmup=LAYER_WARMUP).items():
+    for name, measured in measure(calls, cfg.rounds, device, warmup=LAYER_WARMUP).items():
         method, impl, _, _ = layers[name]
-        ideal = flops.method_flops(method, shape, res.height, res.width, batch).total if not opts["tiny"] else 0.0
+        ideal = flops.method_flops(method, shape, res.height, res.width, batch).total if not tiny else 0.0
         extra = {"compile_s": compile_s[name]} if name in compile_s else {}
-        records.append(_record(method, LAYER_MODEL, res, opts["dtype_label"], batch, impl, measured, "forward",
+        records.append(_record(method, LAYER_MODEL, res, cfg, impl, measured, "forward",
                                flops_ideal=ideal, tokens=[h, w], channels=shape.channels, **extra))
     return records
 
@@ -323,130 +322,30 @@ def _forward_call(module, x, size, sync):
     return call
 
 
-# ---- output ------------------------------------------------------------------------------------------------
-def format_markdown(records: list[Record]) -> str:
-    """One markdown table per (mode, model): median and IQR in ms, rounds, peak memory and the speedup over the
-    first SDPA row of the same resolution (the original attention; eager SDPA for the compile part)."""
-    out = []
-    groups = dict.fromkeys((r.mode, r.model, r.dtype, r.batch) for r in records)
-    for mode, model, dtype, batch in groups:
-        rows = [r for r in records if (r.mode, r.model, r.dtype, r.batch) == (mode, model, dtype, batch)]
-        out.append(f"**{model}, {mode}, {dtype}, batch {batch}**\n")
-        out.append("| resolution | method | implementation | median ms | IQR ms | rounds | peak MiB | vs SDPA |")
-        out.append("|---|---|---|---:|---:|---:|---:|---:|")
-        for r in rows:
-            ref = next((s for s in rows if s.method == "sdpa" and s.resolution == r.resolution), None)
-            speedup = f"{ref.seconds_median / r.seconds_median:.2f}x" if ref and r.seconds_median else "-"
-            peak = f"{r.peak_bytes / 2**20:.0f}" if r.peak_bytes is not None else "-"
-            compile_note = f" (compile {r.extra['compile_s']:.1f} s)" if r.extra and "compile_s" in r.extra else ""
-            out.append(f"| {r.resolution} | {r.method} | {r.implementation}{compile_note} | "
-                       f"{r.seconds_median * 1e3:.1f} | {r.seconds_iqr * 1e3:.1f} | {r.rounds} | {peak} | {speedup} |")
-        out.append("")
-    return "\n".join(out)
+def run_e2e(cfg: BenchConfig, models=MODELS, parts=PARTS, methods=STEP_METHODS, resolutions=DEFAULT_RESOLUTIONS,
+            tiny: bool = False, compile_backend: str = "inductor", progress: bool = True) -> tuple[list[Record], dict]:
+    """The chosen parts, in order: (records, environment block)."""
+    from tqdm import tqdm  # optional (the "bench" extra): the library code imports without it
 
-
-def case_key(r: Record) -> tuple:
-    """What makes two records the same case: a rerun of it replaces the older record."""
-    return (r.mode, r.model, r.resolution, r.dtype, r.batch, r.method, r.implementation)
-
-
-def merge_records(old: list[Record], new: list[Record]) -> list[Record]:
-    """`old` with each case that `new` measured again replaced in place, then `new`'s other cases."""
-    fresh = {case_key(r): r for r in new}
-    merged = [fresh.pop(case_key(r), r) for r in old]
-    return merged + list(fresh.values())
-
-
-def read_json(path) -> tuple[dict, list[Record]]:
-    data = json.loads(Path(path).read_text())
-    return data["environment"], [Record(**d) for d in data["records"]]
-
-
-def write_json(records: list[Record], path, environment: dict) -> None:
-    text = json.dumps({"environment": environment, "records": [asdict(r) for r in records]}, indent=2)
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-# ---- CLI ---------------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The end-to-end options; `run` also reads the bench options --device, --dtype, --batch and --out."""
-    parser.add_argument("--e2e-models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
-    parser.add_argument("--e2e-resolutions", default=",".join(DEFAULT_RESOLUTIONS),
-                        help=f"comma-separated image sizes for the denoiser steps, of "
-                             f"{[r.label for r in bench.RESOLUTIONS]}")
-    parser.add_argument("--e2e-methods", default=",".join(STEP_METHODS),
-                        help=f"comma-separated subset of {STEP_METHODS} for the denoiser steps (sdpa = the original "
-                             "attention; the layer parts always run every method)")
-    parser.add_argument("--e2e-rounds", type=int, default=5, help="interleaved timed rounds per variant")
-    parser.add_argument("--e2e-parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
-    parser.add_argument("--e2e-compile-backend", default="inductor",
-                        help="torch.compile backend of the compile part (default inductor)")
-    parser.add_argument("--e2e-merge", action="store_true",
-                        help=f"merge into the {OUTPUT_NAME} already in --out: the cases measured again replace "
-                             "their records, the others are kept (their runs listed under environment.earlier_runs)")
-    parser.add_argument("--e2e-tiny", action="store_true",
-                        help="small configs of the same model classes: checks the code path, measures nothing real")
-
-
-def _options(args: argparse.Namespace) -> dict:
-    from deltaconv_kernels.cli import check_at_least, check_device, check_output_dir
-
-    models = bench._split(args.e2e_models, MODELS, "e2e-models")
-    parts = bench._split(args.e2e_parts, PARTS, "e2e-parts")
-    methods = bench._split(args.e2e_methods, STEP_METHODS, "e2e-methods")
-    labels = [r.label for r in bench.RESOLUTIONS]
-    resolutions = [bench.resolution(lab) for lab in bench._split(args.e2e_resolutions, labels, "e2e-resolutions")]
-    if isinstance(args.e2e_rounds, bool) or not isinstance(args.e2e_rounds, int):
-        raise ValueError(f"--e2e-rounds must be an int, got {args.e2e_rounds!r}")
-    check_at_least(args.e2e_rounds, 1, "--e2e-rounds")
-    device = check_device(args.device)
-    check_at_least(args.batch, 1, "--batch")
-    dtype_label = args.dtype or E2E_DTYPES[device.type]
-    if dtype_label not in bench.DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(bench.DTYPES)}, got {dtype_label!r}")
-    if not isinstance(args.e2e_compile_backend, str) or not args.e2e_compile_backend:
-        raise ValueError(f"--e2e-compile-backend must name a torch.compile backend, got {args.e2e_compile_backend!r}")
-    if "compile" in parts and args.e2e_compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
-        raise ValueError(f"--e2e-compile-backend must be one of {torch._dynamo.list_backends(exclude_tags=())}, "
-                         f"got {args.e2e_compile_backend!r}")
-    return {"models": models, "parts": parts, "methods": [m for m in STEP_METHODS if m in methods],
-            "resolutions": resolutions, "rounds": args.e2e_rounds,
-            "device": device, "dtype": bench.DTYPES[dtype_label], "dtype_label": dtype_label,
-            "batch": args.batch or 2, "out": check_output_dir(args.out, "--out"),
-            "compile_backend": args.e2e_compile_backend, "tiny": bool(args.e2e_tiny), "merge": bool(args.e2e_merge)}
-
-
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    opts = _options(args)
-    previous = opts["out"] / OUTPUT_NAME
-    if opts["merge"] and not previous.is_file():
-        raise ValueError(f"--e2e-merge needs an earlier {OUTPUT_NAME} in --out, and {previous} does not exist")
-    earlier = read_json(previous) if opts["merge"] else None  # read first: a bad file fails before any timing
-    total = (len(opts["models"]) * len(opts["resolutions"]) if "step" in opts["parts"] else 0) + \
-        sum(p in opts["parts"] for p in ("layer-backward", "compile"))
+    resolutions = [r if isinstance(r, Resolution) else resolution(r) for r in resolutions]
+    methods = [m for m in STEP_METHODS if m in methods]
+    total = (len(models) * len(resolutions) if "step" in parts else 0) + \
+        sum(p in parts for p in ("layer-backward", "compile"))
     t0 = time.perf_counter()
     records: list[Record] = []
-    with tqdm(total=total, unit="case") as bar:
-        if "step" in opts["parts"]:
-            for model in opts["models"]:
-                records += step_records(model, opts["resolutions"], opts, bar)
-        for part, fn in (("layer-backward", layer_backward_records), ("compile", compile_records)):
-            if part in opts["parts"]:
-                bar.set_postfix_str(part)
-                records += fn(opts)
-                bar.update()
-    cfg = bench.BenchConfig.for_device(opts["device"], opts["dtype"], opts["batch"])
-    env = {k: v for k, v in bench.environment(cfg).items() if k not in ("max_call_s", "budget_s")}
-    env.update(wall_s=time.perf_counter() - t0, tiny=opts["tiny"], rounds=opts["rounds"], parts=opts["parts"],
-               models=opts["models"], methods=opts["methods"], resolutions=[r.label for r in opts["resolutions"]],
-               compile_backend=opts["compile_backend"])
-    print(format_markdown(records))
-    if earlier is not None:
-        old_env, old_records = earlier
-        env["earlier_runs"] = old_env.pop("earlier_runs", []) + [old_env]
-        records = merge_records(old_records, records)
-    write_json(records, previous, env)
-    print(f"wrote {previous} ({len(records)} records, {env['wall_s']:.0f} s)")
-    return 0
+    with tqdm(total=total, unit="case", disable=not progress) as bar:
+        if "step" in parts:
+            for model in models:
+                records += step_records(model, resolutions, cfg, methods, tiny, bar)
+        if "layer-backward" in parts:
+            bar.set_postfix_str("layer-backward")
+            records += layer_backward_records(cfg, tiny)
+            bar.update()
+        if "compile" in parts:
+            bar.set_postfix_str("compile")
+            records += compile_records(cfg, tiny, compile_backend)
+            bar.update()
+    env = {k: v for k, v in environment(cfg).items() if k not in ("max_call_s", "budget_s")}
+    env.update(wall_s=time.perf_counter() - t0, tiny=tiny, rounds=cfg.rounds, parts=list(parts), models=list(models),
+               methods=methods, resolutions=[r.label for r in resolutions], compile_backend=compile_backend)
+    return records, env
