@@ -3,6 +3,8 @@ check, unstable figures flagged, the load recorded (bench/report.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from bench_fakes import fake, flops_of, planner
 
 from deltaconv_kernels.bench import report
@@ -57,3 +59,33 @@ def test_fit_check_predicts_the_largest_size_from_the_others(tmp_path):
     res.write_text(f"{report.BEGIN}\n{report.END}\n")
     assert report.main([str(tmp_path / "b.json"), "--results", str(res), "--fit-check"]) == 0
     assert f"### {report.FIT_CHECK_TITLE}" in res.read_text() and "| 512, 1K | 2K |" in res.read_text()
+
+
+def test_unstable_figures_are_flagged_and_the_load_is_shown():
+    p = planner()
+    fake(p, "deltaconv", "sd15", "512", 0.1)
+    fake(p, "sdpa", "sd15", "512", 1.0, unstable="IQR 300% of the median (> 25%)")
+    speeds = [{"model": "sd15", "resolution": "512", "dtype": "fp32", "batch": 2, "over": "sdpa", "mode": "forward",
+               "speedup_median": 10.0, "speedup_iqr": 9.0, "rounds": 5, "processes": 1, "unstable": "IQR 90%"}]
+    env = environment(p.cfg)
+    measured = report.measured_table(p.records)
+    assert [row[-1].endswith(report.UNSTABLE) for row in measured[1:]] == [False, True]
+    assert report.speedup_table(speeds)[1][5] == "10.00x" + report.UNSTABLE
+    md = report.format_markdown(BenchData(env, p.records, speeds, "deltaconv bench"))
+    assert report.UNSTABLE_NOTE in md and "load average" in md
+    assert report.UNSTABLE_NOTE in report.format_text(p.records, speeds, env)
+    # a file without the flag or the load (written before both existed) renders as it always did
+    old_env = {k: v for k, v in env.items() if k not in ("load_avg", "cpu_count")}
+    stable = [dataclasses.replace(r, unstable="") for r in p.records]
+    old = report.format_markdown(BenchData(old_env, stable, [{**speeds[0], "unstable": ""}], "deltaconv bench"))
+    assert report.UNSTABLE not in old and "load average" not in old
+
+
+def test_end_to_end_files_get_their_own_tables():
+    p = planner()
+    rec = fake(p, "sdpa", "pixart", "512", 2.0)
+    step = dataclasses.replace(rec, mode="denoiser step", unstable="max/min of the rounds 2.50 (> 2)")
+    env = {**environment(p.cfg), "parts": ["step"]}
+    md = report.format_markdown(BenchData(env, [step], [], "deltaconv bench e2e"))
+    assert md.startswith("Command: `deltaconv bench e2e`") and "**pixart, denoiser step, fp32, batch 2**" in md
+    assert "| 512 | sdpa | test | 2000.0 (unstable) |" in md and report.UNSTABLE_NOTE in md
