@@ -1,6 +1,6 @@
 """Benchmarks of ΔConvBlock against the attention baselines. One job per module, imports in one direction:
 
-    config  <- timing <- records <- fit <- cases <- layers <- grid, e2e <- report <- cli
+    config <- timing <- records <- fit <- cases <- layers <- grid, e2e (<- denoisers) <- report <- cli
 
 - config: methods, layer shapes, models, DiTFastAttn's step modes, `BenchConfig` (the one settings object)
 - timing: interleaved round-robin timing, peak memory, the instability rule
@@ -8,6 +8,7 @@
 - fit: the FLOPs-anchored extrapolation
 - cases / layers: the grid's cases; each method's layer, its timed call, FLOPs and memory estimate
 - grid: the layer grid (planner, round-robin groups, speedups, fresh processes)
+- denoisers: the full-size and tiny denoiser configs (plain data)
 - e2e: whole denoiser steps, one layer's forward+backward, torch.compile (needs diffusers; not imported here)
 - report: tables, markdown, the plot, RESULTS.md's generated section (`python -m deltaconv_kernels.bench.report`)
 - cli: `deltaconv bench` and `deltaconv bench e2e`
