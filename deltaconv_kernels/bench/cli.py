@@ -35,7 +35,7 @@ from deltaconv_kernels.cli.args import (
     split_choices,
     split_list,
 )
-from deltaconv_kernels.resolutions import NAMED
+from deltaconv_kernels.resolutions import GRID, NAMED
 
 DEFAULT_OUT = "bench_out"
 SIZES_HELP = f"a named size {[r.label for r in NAMED]}, N (N x N pixels) or HxW, e.g. 768 or 1024x768"
@@ -55,6 +55,8 @@ def _add_e2e(parser: argparse.ArgumentParser, prefix: str, hidden: bool) -> None
     def add(name, **kw):
         if hidden:
             kw["help"] = argparse.SUPPRESS
+        if kw.get("action") != "store_true":
+            kw["metavar"] = name.upper().replace("-", "_")
         parser.add_argument(f"--{prefix}{name}", dest=f"e2e_{name.replace('-', '_')}", **kw)
 
     add("models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
@@ -76,7 +78,7 @@ def _add_e2e(parser: argparse.ArgumentParser, prefix: str, hidden: bool) -> None
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--max-resolution", default="2K",
-                        help=f"largest size of the grid ({SIZES_HELP}); the grid's sizes {[r.label for r in NAMED]} "
+                        help=f"largest size of the grid ({SIZES_HELP}); the grid's sizes {[r.label for r in GRID]} "
                              "in between run too")
     parser.add_argument("--min-resolution", default="512",
                         help="smallest resolution to run (a size with nothing measured below it runs whatever its "

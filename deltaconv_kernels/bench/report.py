@@ -223,8 +223,8 @@ def _e2e_markdown(data: BenchData) -> str:
     the first SDPA row of the same resolution (the original attention; eager SDPA for the compile part)."""
     env, records = data.environment, data.records
     out = [f"Command: `{data.command}`\n"] if data.command else []
-    out.append(f"Device: `{env['device']}`, {env['threads']} torch threads, torch {env['torch']}, {env['rounds']} "
-               f"interleaved rounds{_load(env)}.\n")
+    out.append(f"Device: `{env['device']}`, {env['threads']} torch threads, torch {env['torch']}, interleaved "
+               f"rounds (each row says how many){_load(env)}.\n")
     if _any_unstable(records, []):
         out.append(UNSTABLE_NOTE + "\n")
     groups = dict.fromkeys((r.mode, r.model, r.dtype, r.batch) for r in records)
