@@ -35,6 +35,7 @@ from deltaconv_kernels.cli.args import (
     split_choices,
     split_list,
 )
+from deltaconv_kernels.fileio import atomic_write
 from deltaconv_kernels.resolutions import GRID, NAMED
 
 DEFAULT_OUT = "bench_out"
@@ -113,16 +114,20 @@ def _sizes(args: argparse.Namespace, models) -> dict:
     """The grid's sizes as `run_grid` takes them, each checked to give every model at least one token."""
     if args.resolutions:
         sizes = [parse_resolution(t, "--resolutions") for t in split_list(args.resolutions, "--resolutions")]
-        chosen, kw = sizes, {"resolutions": sizes}
+        chosen, kw = zip(sizes, ["--resolutions"] * len(sizes)), {"resolutions": sizes}
     else:
         low = parse_resolution(args.min_resolution, "--min-resolution")
         high = parse_resolution(args.max_resolution, "--max-resolution")
         if low.pixels > high.pixels:
             raise ValueError(f"--min-resolution {args.min_resolution} is above --max-resolution {args.max_resolution}")
-        chosen, kw = [low, high], {"min_resolution": low, "max_resolution": high}
-    for r in chosen:
+        chosen, kw = [(low, "--min-resolution"), (high, "--max-resolution")], {"min_resolution": low,
+                                                                                "max_resolution": high}
+    for r, option in chosen:
         for m in models:
-            SHAPES[m].tokens(r.height, r.width)  # ValueError naming the size and the model
+            try:
+                SHAPES[m].tokens(r.height, r.width)
+            except ValueError as exc:
+                raise ValueError(f"{option}: {exc}") from None
     return kw
 
 
@@ -162,8 +167,10 @@ def run_layer_grid(args: argparse.Namespace) -> int:
 
 
 def write_results(data: BenchData, json_path: Path, md_path: Path) -> None:
+    """The JSON and its markdown tables (what RESULTS.md holds)."""
     write_json(json_path, data)
-    md_path.write_text(format_markdown(data) + "\n")
+    text = (format_markdown(data) + "\n").encode()
+    atomic_write(md_path, lambda f: f.write(text))
 
 
 def _command() -> str:
