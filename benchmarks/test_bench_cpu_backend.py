@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from deltaconv_kernels import DeltaConvBlock, available_backends
 from deltaconv_kernels.baselines.sdpa import SDPASelfAttention
-from deltaconv_kernels.bench_timing import interleaved
+from deltaconv_kernels.bench.timing import interleaved
 
 CPU = available_backends()["cpu"]
 pytestmark = pytest.mark.skipif(not CPU.available, reason=f"cpu backend unavailable: {CPU.reason}")
@@ -104,7 +104,7 @@ def _record(shape: str, dtype: str, **values) -> None:
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_block_cpu_vs_torch(benchmark, shape, dtype, mode):
-    benchmark.group = f"issue 4: DeltaConvBlock cpu vs torch, {shape} {dtype} {mode}"
+    benchmark.group = f"C++ CPU backend vs the PyTorch reference, {shape} {dtype} {mode}"
     cpu_call = _block_call(shape, DTYPES[dtype], "cpu", mode)
     torch_call = _block_call(shape, DTYPES[dtype], "torch", mode)
     med = _alternate({"cpu": cpu_call, "torch": torch_call}, ROUNDS)
@@ -121,7 +121,7 @@ def test_block_cpu_vs_torch(benchmark, shape, dtype, mode):
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_block_cpu_vs_gemms(benchmark, shape, dtype):
-    benchmark.group = f"issue 12: DeltaConvBlock cpu vs its two GEMMs, {shape} {dtype} fwd"
+    benchmark.group = f"C++ CPU block vs its two GEMMs alone, {shape} {dtype} fwd"
     block_call = _block_call(shape, DTYPES[dtype], "cpu", "fwd")
     gemms_call = _gemms_call(shape, DTYPES[dtype])
     med = _alternate({"block": block_call, "gemms": gemms_call}, ROUNDS)
@@ -144,7 +144,7 @@ def test_block_cpu_vs_gemms(benchmark, shape, dtype):
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_block_vs_sdpa(benchmark, shape, dtype):
-    benchmark.group = f"issue 4: DeltaConvBlock (cpu) vs SDPA self-attention, {shape} {dtype} fwd"
+    benchmark.group = f"C++ CPU block vs an SDPA self-attention layer, {shape} {dtype} fwd"
     h, w, c, _, _, heads = SHAPES[shape]
     block_call = _block_call(shape, DTYPES[dtype], "cpu", "fwd")
     torch.manual_seed(0)

@@ -10,7 +10,8 @@ Every count is a `Flops` breakdown (linear / attention / conv / bias) so that th
 `method_flops` is the ideal count (each query against exactly its window); `executed_flops` what an implementation
 computes: the windowed baselines' tiled references and flex_attention block masks compute more pairs
 (`window_blocks` has their geometry). `python -m deltaconv_kernels.flops` prints the paper's Table 1 next to ours.
-Imports from the package only torch-free modules: `geometry.pooled_size` (a stage's pooled size),
+Imports from the package only torch-free modules: `geometry.pooled_size` (a stage's pooled size), `resolutions`
+(the named image sizes),
 `ditfastattn_schedule` (DiTFastAttn's plan) and `window_blocks` (the windowed implementations' pairs).
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass, fields
 
 from deltaconv_kernels.ditfastattn_schedule import PUBLISHED_WINDOW, DiTFastAttnSchedule, window_half_width
 from deltaconv_kernels.geometry import pooled_size
+from deltaconv_kernels.resolutions import resolution
 from deltaconv_kernels.window_blocks import (
     BAND_IMPLS,
     NEIGHBORHOOD_IMPLS,
@@ -254,14 +256,17 @@ def _method_flops(method, shape, height, width, batch, ditfastattn_mode, impl) -
 
 
 # ---- the paper's Table 1 ("Mean FLOPs (G)") -------------------------------------------------------------------
-PAPER_COLUMNS = ("512²", "1024²", "2K", "4K", "8K", "16K")
-# Image sizes of each column. The self-attention values fix them: PixArt's "2K" is 2048x2048, SD1.5's is
-# 2560x1440; 4K/8K/16K are 4096x2160, 7680x4320, 15360x8640. (The paper's other PixArt rows at "2K" are
-# consistent with 2560x1440 instead: their FLOPs per token are constant from 1024² up only with that size.)
-PAPER_RESOLUTIONS = {
-    "pixart": ((512, 512), (1024, 1024), (2048, 2048), (4096, 2160), (7680, 4320), (15360, 8640)),
-    "sd15": ((512, 512), (1024, 1024), (2560, 1440), (4096, 2160), (7680, 4320), (15360, 8640)),
+PAPER_COLUMNS = ("512²", "1024²", "2K", "4K", "8K", "16K")  # the paper's column titles, as printed there
+# The sizes (resolutions.py names) of each column. The self-attention values fix them: the paper's "2K" column is
+# 2K (2048x2048) for PixArt but QHD (2560x1440) for SD1.5, and its "4K" column is 4K-DCI (4096x2160), not 4K
+# (3840x2160). (The paper's other PixArt rows at "2K" are consistent with QHD instead: their FLOPs per token are
+# constant from 1024² up only with that size.)
+PAPER_SIZES = {
+    "pixart": ("512", "1K", "2K", "4K-DCI", "8K", "16K"),
+    "sd15": ("512", "1K", "QHD", "4K-DCI", "8K", "16K"),
 }
+PAPER_RESOLUTIONS = {model: tuple((resolution(n).height, resolution(n).width) for n in names)
+                     for model, names in PAPER_SIZES.items()}
 PAPER_TABLE1 = {  # GFLOPs as printed in the paper
     ("pixart", "sdpa"): (31.42, 241.63, 2821.94, 11741.69, 157546.49, 2487706.88),
     ("pixart", "ditfastattn"): (30.41, 207.62, 2125.26, 8717.07, 115012.85, 1807168.71),
@@ -299,8 +304,9 @@ def format_table1(batch: int = 2) -> str:
         if row["paper"]:
             lines.append(f"{'':22s} {'paper':6s} " + " ".join(f"{v:13,.2f}" for v in row["paper"]))
             lines.append(f"{'':22s} {'p/ours':6s} " + " ".join(f"{v:13.4f}" for v in row["paper_over_ours"]))
-    lines.append("Sizes: " + "; ".join(f"{m}: " + ", ".join(f"{h}x{w}" for h, w in s)
-                                       for m, s in PAPER_RESOLUTIONS.items()))
+    lines.append("Sizes (the paper's columns): " + "; ".join(
+        f"{m}: " + ", ".join(f"{n} ({resolution(n).height}x{resolution(n).width})" for n in names)
+        for m, names in PAPER_SIZES.items()))
     return "\n".join(lines)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from deltaconv_kernels.cli.args import check_at_least, check_device, check_output_dir, parse_dtype
+
 MODEL_CLASSES = {"unet": "UNet2DConditionModel", "pixart": "PixArtTransformer2DModel", "dit": "DiTTransformer2DModel"}
 
 
@@ -74,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="queries to plot as map fractions 'fy,fx;fy,fx' (default '0.5,0.5;0.25,0.25;0,0')")
     parser.add_argument("--max-elements", type=int, default=None, help="attention scores held at once per chunk")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument("--dtype", default="fp32", help="fp32|fp16|bf16 (or float32|float16|bfloat16)")
     parser.add_argument("--no-plots", action="store_true", help="write the JSON only")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
@@ -95,9 +96,9 @@ def load_model(args: argparse.Namespace):
         else:
             sub, class_name = find_denoiser(args.model, args.subfolder)  # a pipeline folder: its unet/transformer
         model = getattr(diffusers, class_name).from_pretrained(args.model, subfolder=sub,
-                                                               torch_dtype=DTYPES[args.dtype])
-    if args.tiny and DTYPES[args.dtype] != torch.float32:
-        model = model.to(DTYPES[args.dtype])  # from_pretrained already loaded the others in torch_dtype
+                                                               torch_dtype=parse_dtype(args.dtype))
+    if args.tiny and parse_dtype(args.dtype) != torch.float32:
+        model = model.to(parse_dtype(args.dtype))  # from_pretrained already loaded the others in torch_dtype
     return model.to(args.device).eval()
 
 
@@ -127,9 +128,8 @@ TRAIN_TIMESTEPS = 1000  # the DDPM training schedule of every supported model fa
 
 def check_args(args: argparse.Namespace) -> None:
     """Every option checked before a model is loaded (errors name the option; `deltaconv` prints them)."""
-    from deltaconv_kernels.cli import check_at_least, check_device, check_output_dir
-
     check_device(args.device)
+    parse_dtype(args.dtype)
     for option in ("batch_size", "num_queries", "vae_scale_factor", "hp_order"):
         check_at_least(getattr(args, option), 1, "--" + option.replace("_", "-"))
     check_at_least(args.max_kernel, 1, "--max-kernel")

@@ -8,6 +8,8 @@ import importlib
 import json
 from pathlib import Path
 
+from deltaconv_kernels.cli.args import check_at_least, check_output_dir
+
 EPILOG = """\
 examples:
   # smoke run on random latents (no data needed)
@@ -136,7 +138,6 @@ def _prompt_dim(model) -> int:
 
 def check_args(args) -> None:
     """The options that need no model, checked before anything is loaded or written."""
-    from deltaconv_kernels.cli import check_at_least, check_output_dir
     from deltaconv_kernels.distill.trainer import check_output_dir_free
 
     check_at_least(args.threads, 1, "--threads")

@@ -11,7 +11,7 @@ import random
 
 import numpy as np
 import pytest
-import test_cli_hardening as cli_tests
+import test_distill_command_errors as cli_tests
 import torch
 from torch import nn
 
@@ -20,7 +20,7 @@ from deltaconv_kernels.distill import checkpointing
 from deltaconv_kernels.distill import evaluation as ev
 
 # The CLI run, its tiny saved model and the exit-2 check are the CLI hardening tests' own.
-_distill, _usage_error = cli_tests._distill, cli_tests._usage_error
+_distill, _usage_error = cli_tests._distill, cli_tests.usage_error
 model_dir = cli_tests.model_dir  # the fixture
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from deltaconv_kernels.bench_e2e import FULL_CONFIGS
+from deltaconv_kernels.bench.denoisers import FULL_CONFIGS
 
 # Full-size denoiser configs (architecture entries of the public model cards' config.json); SD1.5's and PixArt-Σ's
 # are the ones the end-to-end benchmark builds.

@@ -54,7 +54,7 @@ from proofkit import (  # noqa: E402
 )
 
 from deltaconv_kernels import flops  # noqa: E402
-from deltaconv_kernels.bench_timing import interleaved  # noqa: E402
+from deltaconv_kernels.bench.timing import interleaved  # noqa: E402
 from deltaconv_kernels.distill.data import LatentDataset  # noqa: E402
 from deltaconv_kernels.distill.evaluation import extract, frechet_distance  # noqa: E402
 from deltaconv_kernels.distill.losses import LossWeights  # noqa: E402

@@ -1,5 +1,5 @@
-"""CLI misuse is `deltaconv <command>: error: ...` with exit code 2 and no traceback, checked before any work
-(distill, analyze, bench); distillation runs are repeatable from --seed, never silently overwrite an earlier
+"""`deltaconv distill` misuse is `deltaconv distill: error: ...` with exit code 2 and no traceback, checked before
+any work; distillation runs are repeatable from --seed, never silently overwrite an earlier
 run, resume only on the same data, and write files with the umask's mode, cleaning torn temporaries."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import stat
 
 import pytest
 import torch
+from cli_usage import usage_error
 
 from deltaconv_kernels.cli import main
 
@@ -32,14 +33,6 @@ def _distill(model_dir, out, *extra, steps=2):
             "--random-prompt-len", "3", "--kernel-sizes", "3", "--batch-size", "2", "--checkpoint-every", "1",
             "--log-every", "1", "--warmup-steps", "1", "--output-dir", str(out), "--no-progress", "--no-plot",
             "--max-steps", str(steps), *extra]
-
-
-def _usage_error(capsys, argv, match):
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2, captured.out[-2000:] + captured.err[-2000:]
-    assert "Traceback" not in captured.err
-    assert f"deltaconv {argv[0]}: error: " in captured.err and match in captured.err, captured.err
 
 
 # --- distill: argument errors -------------------------------------------------------------------------------
@@ -72,19 +65,19 @@ def fresh_accelerate_state():
 def test_distill_misuse(model_dir, tmp_path, capsys, case, fresh_accelerate_state):
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     extra, match = DISTILL_CASES[case]
-    _usage_error(capsys, _distill(model_dir, tmp_path / "out", *extra(tmp_path)), match)
+    usage_error(capsys, _distill(model_dir, tmp_path / "out", *extra(tmp_path)), match)
 
 
 @NO_CUDA
 def test_distill_backend_without_gpu(model_dir, tmp_path, capsys, monkeypatch):
-    _usage_error(capsys, _distill(model_dir, tmp_path / "out", "--backend", "cuda"), "backend 'cuda'")
+    usage_error(capsys, _distill(model_dir, tmp_path / "out", "--backend", "cuda"), "backend 'cuda'")
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # outside the interpreter Triton needs a GPU
-    _usage_error(capsys, _distill(model_dir, tmp_path / "out", "--backend", "triton"), "backend 'triton'")
+    usage_error(capsys, _distill(model_dir, tmp_path / "out", "--backend", "triton"), "backend 'triton'")
 
 
 def test_distill_output_dir_is_a_file(model_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    _usage_error(capsys, _distill(model_dir, tmp_path / "file"), "is a file, not a folder")
+    usage_error(capsys, _distill(model_dir, tmp_path / "file"), "is a file, not a folder")
 
 
 @pytest.mark.parametrize("channels,width,match", [(3, 32, "latents have 3 channels"),
@@ -93,64 +86,13 @@ def test_distill_data_that_does_not_fit(model_dir, tmp_path, capsys, channels, w
     data = _latents_file(tmp_path / "data.pt", channels, width)
     argv = ["distill", "--model", str(model_dir), "--latents", str(data), "--kernel-sizes", "3", "--output-dir",
             str(tmp_path / "out"), "--max-steps", "1", "--no-progress", "--no-plot"]
-    _usage_error(capsys, argv, match)
+    usage_error(capsys, argv, match)
 
 
 def test_distill_images_without_vae(model_dir, tmp_path, capsys):
     argv = ["distill", "--model", str(model_dir), "--images", str(tmp_path), "--text-encoder", "m:f",
             "--output-dir", str(tmp_path / "out")]
-    _usage_error(capsys, argv, "--images needs a VAE")
-
-
-# --- analyze and bench: argument errors -----------------------------------------------------------------------
-
-ANALYZE_CASES = {
-    "missing model": (lambda t: ["--model", str(t / "missing")], "does not exist"),
-    "batch 0": (lambda t: ["--tiny", "pixart", "--batch-size", "0"], "--batch-size must be >= 1"),
-    "k-min 4": (lambda t: ["--tiny", "pixart", "--k-min", "4"], "k_min must be a positive odd int"),
-    "threshold 2": (lambda t: ["--tiny", "pixart", "--threshold", "2"], "threshold must lie in (0, 1]"),
-    "missing inputs": (lambda t: ["--tiny", "pixart", "--inputs", str(t / "none.pt")], "does not exist"),
-    "timesteps 5000": (lambda t: ["--tiny", "pixart", "--timesteps", "5000"], "--timesteps must lie in [0, 999]"),
-    "device foo": (lambda t: ["--tiny", "pixart", "--device", "foo"], "--device must be cpu or cuda"),
-    "out is a file": (lambda t: ["--tiny", "pixart", "--out", str(t / "file")], "is a file, not a folder"),
-}
-
-
-@pytest.mark.parametrize("case", list(ANALYZE_CASES))
-def test_analyze_misuse(tmp_path, capsys, case):
-    (tmp_path / "file").write_text("x")
-    extra, match = ANALYZE_CASES[case]
-    _usage_error(capsys, ["analyze", "--no-progress", "--no-plots", *extra(tmp_path)], match)
-    assert (tmp_path / "file").read_text() == "x"
-
-
-@NO_CUDA
-def test_analyze_and_bench_cuda_without_gpu(tmp_path, capsys):
-    _usage_error(capsys, ["analyze", "--tiny", "pixart", "--device", "cuda"], "no CUDA GPU is available")
-    _usage_error(capsys, ["bench", "--device", "cuda", "--out", str(tmp_path)], "no CUDA GPU is available")
-
-
-BENCH_CASES = {
-    "device foo": (["--device", "foo"], "--device must be cpu or cuda"),
-    "resolution 3K": (["--max-resolution", "3K"], "resolution must be one of"),
-    "batch 0": (["--batch", "0"], "--batch must be >= 1"),
-    "budget -1": (["--time-budget", "-1"], "--time-budget must be > 0"),
-    "unknown method": (["--methods", "flash"], "--methods must be"),
-}
-
-
-@pytest.mark.parametrize("case", list(BENCH_CASES))
-def test_bench_misuse(tmp_path, capsys, case):
-    extra, match = BENCH_CASES[case]
-    _usage_error(capsys, ["bench", "--device", "cpu", "--out", str(tmp_path / "b"), *extra], match)
-    assert not (tmp_path / "b").exists()
-
-
-def test_bench_out_is_a_file_is_refused_before_the_run(tmp_path, capsys):
-    (tmp_path / "file").write_text("x")
-    _usage_error(capsys, ["bench", "--device", "cpu", "--methods", "deltaconv", "--max-resolution", "512",
-                          "--out", str(tmp_path / "file")], "is a file, not a folder")
-    assert "deltaconv-" not in capsys.readouterr().err  # no case ran
+    usage_error(capsys, argv, "--images needs a VAE")
 
 
 # --- distillation runs: seed, overwrite, resume, modes -----------------------------------------------------------
@@ -181,7 +123,7 @@ def test_rerun_into_an_earlier_run_is_refused_unless_asked(model_dir, tmp_path, 
     out = tmp_path / "run"
     assert main(_distill(model_dir, out)) == 0
     before = (out / "history.csv").read_text(), (out / "checkpoint.pt").read_bytes()
-    _usage_error(capsys, _distill(model_dir, out), "--resume")
+    usage_error(capsys, _distill(model_dir, out), "--resume")
     assert ((out / "history.csv").read_text(), (out / "checkpoint.pt").read_bytes()) == before
     assert main(_distill(model_dir, out, "--overwrite", steps=1)) == 0
     assert [r["step"] for r in _history(out)] == [1]
@@ -192,10 +134,10 @@ def test_resume_refuses_other_data(model_dir, tmp_path, capsys):
     assert main(_distill(model_dir, out)) == 0
     argv = _distill(model_dir, out, "--resume", steps=3)
     argv[argv.index("--random-size") + 1:argv.index("--random-size") + 3] = ["16", "12"]
-    _usage_error(capsys, argv, "data: checkpoint")
+    usage_error(capsys, argv, "data: checkpoint")
     argv = _distill(model_dir, out, "--resume", steps=3)
     argv[argv.index("--random") + 1] = "6"
-    _usage_error(capsys, argv, "data: checkpoint")
+    usage_error(capsys, argv, "data: checkpoint")
     assert main(_distill(model_dir, out, "--resume", steps=3)) == 0  # the same data resumes
 
 

@@ -1,9 +1,9 @@
 """How every benchmark of the package times and measures memory: the one implementation the layer grid
-(`bench.py`), the end-to-end denoiser steps and the CPU-backend suite share.
+(bench/grid.py), the end-to-end denoiser steps (bench/e2e.py) and the CPU-backend suite share.
 
 - `interleaved(calls, rounds)`: the callables are timed round-robin (one call of each per round, after warm-up
   calls of each), so a drift in machine load hits every method alike; each gets a `Timing` (all its round times,
-  their median and interquartile range).
+  their median and interquartile range, and whether their spread is too large to trust: `unstable_reason`).
 - `PeakMemory`: the memory one call adds at its peak (the CUDA allocator's peak, or the sampled RSS growth on CPU).
   It is measured on a call of its own, outside the timed rounds, so the sampler does not disturb the timings.
 """
@@ -19,6 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+# A figure is flagged unstable when its rounds spread more than this (a loaded machine shows up here):
+IQR_LIMIT = 0.25          # interquartile range above this fraction of the median
+MAX_OVER_MIN = 2.0        # or the slowest round (process) over this multiple of the fastest
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,26 @@ class Timing:
             return 0.0
         q1, _, q3 = statistics.quantiles(self.seconds, n=4, method="inclusive")
         return q3 - q1
+
+    @property
+    def unstable(self) -> str:
+        """Why these rounds spread too much to trust their median ('' when they do not)."""
+        return unstable_reason(self.seconds)
+
+
+def unstable_reason(values, what: str = "rounds") -> str:
+    """'' when `values` (round times, per-round ratios or process medians) agree; else what is too wide: an IQR
+    above IQR_LIMIT of the median, or max / min above MAX_OVER_MIN."""
+    t = Timing(tuple(float(v) for v in values))
+    if t.rounds < 2:
+        return ""
+    med, iqr, values = t.median, t.iqr, t.seconds
+    reasons = []
+    if med > 0 and iqr > IQR_LIMIT * med:
+        reasons.append(f"IQR {iqr / med:.0%} of the median (> {IQR_LIMIT:.0%})")
+    if min(values) > 0 and max(values) / min(values) > MAX_OVER_MIN:
+        reasons.append(f"max/min of the {what} {max(values) / min(values):.2f} (> {MAX_OVER_MIN:g})")
+    return "; ".join(reasons)
 
 
 class RoundRobin:
@@ -153,29 +177,3 @@ def peak_memory(call: Callable[[], object], device) -> tuple[int, str]:
     with PeakMemory(device) as mem:
         call()
     return mem.peak_bytes, mem.method
-
-
-@dataclass
-class Record:
-    """One measured (or extrapolated) case as bench.json stores it: the schema every benchmark writes."""
-
-    method: str                 # deltaconv, sdpa, neighborhood, ditfastattn, linfusion, mediator, ...
-    model: str                  # layer shape or whole model: pixart, sd15, sdxl, ...
-    resolution: str             # label, e.g. "1K", "4K"
-    height: int                 # image pixels
-    width: int
-    dtype: str                  # fp32, bf16, fp16
-    batch: int
-    implementation: str         # what ran: "cpu", "flex", "natten", "reference", "torch-sdpa", ...
-    seconds_median: float | None
-    seconds_iqr: float | None
-    rounds: int
-    processes: int
-    peak_bytes: int | None
-    flops_executed: float       # FLOPs the timed implementation executes
-    flops_ideal: float          # the method's ideal count (flops.method_flops)
-    extrapolated: bool
-    fit: dict | None = None     # when extrapolated: the fit and its uncertainty band
-    mode: str = "forward"       # forward, forward+backward, denoiser step, or a DiTFastAttn step mode
-    reason: str = ""            # why it was not measured, when extrapolated or skipped
-    extra: dict | None = None   # anything else (per-process medians, peak-memory method, ...)
