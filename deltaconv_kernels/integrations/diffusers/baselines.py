@@ -18,8 +18,8 @@ from deltaconv_kernels.baselines import (
     NeighborhoodAttention,
     SDPASelfAttention,
 )
-from deltaconv_kernels.integrations import diffusers_models as dm
-from deltaconv_kernels.integrations.diffusers_attention import DistillableAttention, SpatialSize, attach_size_hook
+from deltaconv_kernels.integrations.diffusers import sites as dm
+from deltaconv_kernels.integrations.diffusers.attention import DistillableAttention, SpatialSize, attach_size_hook
 
 METHODS = {
     "sdpa": SDPASelfAttention,
