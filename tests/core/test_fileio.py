@@ -24,11 +24,11 @@ def test_atomic_write_follows_the_umask(tmp_path):
 
 def test_one_atomic_write_helper():
     from deltaconv_kernels.distill import checkpointing
-    from deltaconv_kernels.integrations.diffusers import save
+    from deltaconv_kernels.integrations.diffusers import saving
 
     assert checkpointing.atomic_write is fileio.atomic_write
-    assert save.atomic_write is fileio.atomic_write
-    assert not hasattr(save, "_atomic_write")
+    assert saving.atomic_write is fileio.atomic_write
+    assert not hasattr(saving, "_atomic_write")
 
 
 def test_remove_stale_temps(tmp_path):

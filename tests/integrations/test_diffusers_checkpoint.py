@@ -142,7 +142,7 @@ def test_save_errors(tmp_path):
 
 # --- malformed checkpoints ----------------------------------------------------------------------------------------
 
-FIRST = "transformer_blocks.0.attn1"
+PIXART_FIRST = "transformer_blocks.0.attn1"
 
 
 @pytest.fixture
@@ -161,17 +161,17 @@ def _edit_config(path, edit):
 
 
 def _set_layer(key, value):
-    return lambda c: c["layers"][FIRST].__setitem__(key, value)
+    return lambda c: c["layers"][PIXART_FIRST].__setitem__(key, value)
 
 
 CONFIG_CASES = {
-    "gate_scale null": (_set_layer("gate_scale", None), f"layer {FIRST}: gate_scale must be a real number"),
-    "gate_scale str": (_set_layer("gate_scale", "abc"), f"layer {FIRST}: gate_scale must be a real number"),
+    "gate_scale null": (_set_layer("gate_scale", None), f"layer {PIXART_FIRST}: gate_scale must be a real number"),
+    "gate_scale str": (_set_layer("gate_scale", "abc"), f"layer {PIXART_FIRST}: gate_scale must be a real number"),
     "gate_scale negative": (_set_layer("gate_scale", -1.0), "gate_scale must be a finite number > 0"),
     "kernel float": (_set_layer("kernel_size", 3.0), "kernel_size must be an int"),
     "gate unknown": (_set_layer("gate", "relu"), "gate must be one of"),
-    "layer missing dim": (lambda c: c["layers"][FIRST].pop("dim"), r"lacks \['dim'\]"),
-    "layer a list": (lambda c: c["layers"].__setitem__(FIRST, [1, 2]), "expected an object, got list"),
+    "layer missing dim": (lambda c: c["layers"][PIXART_FIRST].pop("dim"), r"lacks \['dim'\]"),
+    "layer a list": (lambda c: c["layers"].__setitem__(PIXART_FIRST, [1, 2]), "expected an object, got list"),
     "no fingerprint": (lambda c: c.pop("fingerprint"), "'fingerprint' must be a JSON object, got missing"),
     "no layers": (lambda c: c.pop("layers"), "'layers' must be a JSON object, got missing"),
     "layers a list": (lambda c: c.__setitem__("layers", []), "'layers' must be a JSON object, got a list"),
@@ -215,9 +215,9 @@ def test_corrupt_safetensors_is_a_checkpoint_error(saved, damage):
 
 
 @pytest.mark.parametrize("edit,match", [
-    (lambda t: t[f"{FIRST}.proj_in.weight"].view(-1)[3].fill_(float("nan")), "proj_in.weight holds 1 NaN/Inf"),
-    (lambda t: t[f"{FIRST}.pool_proj.bias"].fill_(float("inf")), "pool_proj.bias holds 16 NaN/Inf"),
-    (lambda t: t.__setitem__(f"{FIRST}.proj_out.bias", t[f"{FIRST}.proj_out.bias"].to(torch.int32)),
+    (lambda t: t[f"{PIXART_FIRST}.proj_in.weight"].view(-1)[3].fill_(float("nan")), "proj_in.weight holds 1 NaN/Inf"),
+    (lambda t: t[f"{PIXART_FIRST}.pool_proj.bias"].fill_(float("inf")), "pool_proj.bias holds 16 NaN/Inf"),
+    (lambda t: t.__setitem__(f"{PIXART_FIRST}.proj_out.bias", t[f"{PIXART_FIRST}.proj_out.bias"].to(torch.int32)),
      "proj_out.bias has dtype torch.int32"),
 ])
 def test_bad_weight_values_are_refused(saved, edit, match):

@@ -16,11 +16,12 @@ Layout (imports only downward; docs/DESIGN.md §5, §8):
     hub                   local path or Hub repo id (files)
     attention             DeltaConvAttention and its base, the (H, W) hooks
     layers                walking and filling the replaced layers of a model (sites, attention)
-    save                  save, save_pretrained (files, hub, sites, layers)
-    convert               convert, revert (sites, attention, layers, save)
-    load                  load, from_pretrained (files, hub, sites, attention, layers, save, convert)
+    saving                save, save_pretrained (files, hub, sites, layers)
+    conversion            convert, revert (sites, attention, layers, saving)
+    loading               load, from_pretrained (files, hub, sites, attention, layers, saving, conversion)
     released, baselines, linfusion   released weights; the attention baselines and LinFusion's weights
     __init__              this public face
+(The modules are not named save / convert / load: here those names are the public functions.)
 
 Supported denoisers: UNet2DConditionModel (SD1.5 / SDXL layouts, any other with kernel_sizes given),
 PixArtTransformer2DModel (α, Σ) and DiTTransformer2DModel, or any pipeline holding one as `unet`/`transformer`.
@@ -28,7 +29,7 @@ PixArtTransformer2DModel (α, Σ) and DiTTransformer2DModel, or any pipeline hol
 
 from deltaconv_kernels.integrations.diffusers.attention import MODES, DeltaConvAttention, SpatialSize
 from deltaconv_kernels.integrations.diffusers.baselines import METHODS, BaselineAttention, replace_attention
-from deltaconv_kernels.integrations.diffusers.convert import (
+from deltaconv_kernels.integrations.diffusers.conversion import (
     ConversionReport,
     LayerReport,
     convert,
@@ -38,9 +39,9 @@ from deltaconv_kernels.integrations.diffusers.convert import (
 from deltaconv_kernels.integrations.diffusers.files import CheckpointError
 from deltaconv_kernels.integrations.diffusers.layers import deltaconv_parameters, iter_deltaconv_modules, set_mode
 from deltaconv_kernels.integrations.diffusers.linfusion import load_linfusion
-from deltaconv_kernels.integrations.diffusers.load import from_pretrained, load
+from deltaconv_kernels.integrations.diffusers.loading import from_pretrained, load
 from deltaconv_kernels.integrations.diffusers.released import import_released
-from deltaconv_kernels.integrations.diffusers.save import save, save_pretrained
+from deltaconv_kernels.integrations.diffusers.saving import save, save_pretrained
 from deltaconv_kernels.integrations.diffusers.sites import (
     RELEASED_TRANSFORMER,
     RELEASED_UNET,

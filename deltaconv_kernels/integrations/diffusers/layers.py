@@ -1,6 +1,6 @@
 """The replaced layers of a model: walking them (`iter_deltaconv_modules`, `converted_layers`, `replaced_layers`),
-their modes and trainable parameters, and filling their ΔConvBlocks with loaded weights. Below save, convert and
-load, which all walk converted models."""
+their modes and trainable parameters, and filling their ΔConvBlocks with loaded weights. Below saving, conversion and
+loading, which all walk converted models."""
 
 from __future__ import annotations
 

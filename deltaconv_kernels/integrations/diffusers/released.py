@@ -15,7 +15,7 @@ import torch
 from deltaconv_kernels import validation
 from deltaconv_kernels.integrations.diffusers import sites as dm
 from deltaconv_kernels.integrations.diffusers.attention import DeltaConvAttention
-from deltaconv_kernels.integrations.diffusers.convert import ConversionReport, convert
+from deltaconv_kernels.integrations.diffusers.conversion import ConversionReport, convert
 from deltaconv_kernels.integrations.diffusers.files import (
     CheckpointError,
     check_tensor_values,

@@ -13,7 +13,7 @@ from deltaconv_kernels import validation
 from deltaconv_kernels.integrations.diffusers import sites as dm
 from deltaconv_kernels.integrations.diffusers.attention import DeltaConvAttention, attach_size_hook, detach_size_hooks
 from deltaconv_kernels.integrations.diffusers.layers import converted_layers, iter_deltaconv_modules
-from deltaconv_kernels.integrations.diffusers.save import install_save, uninstall_save
+from deltaconv_kernels.integrations.diffusers.saving import install_save, uninstall_save
 from deltaconv_kernels.modules import DeltaConvBlock
 
 

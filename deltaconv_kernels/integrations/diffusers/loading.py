@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from deltaconv_kernels import validation
 from deltaconv_kernels.integrations.diffusers import sites as dm
 from deltaconv_kernels.integrations.diffusers.attention import DeltaConvAttention
-from deltaconv_kernels.integrations.diffusers.convert import ConversionReport, convert
+from deltaconv_kernels.integrations.diffusers.conversion import ConversionReport, convert
 from deltaconv_kernels.integrations.diffusers.files import (
     BASE_NAME,
     CONFIG_NAME,
@@ -33,7 +33,7 @@ from deltaconv_kernels.integrations.diffusers.files import (
 )
 from deltaconv_kernels.integrations.diffusers.hub import checkpoint_folder, local_path, split_hub_kwargs
 from deltaconv_kernels.integrations.diffusers.layers import converted_layers, copy_block_weights, layer_config
-from deltaconv_kernels.integrations.diffusers.save import block_keys
+from deltaconv_kernels.integrations.diffusers.saving import block_keys
 from deltaconv_kernels.modules import DeltaConvBlock
 
 
