@@ -22,7 +22,7 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
-from deltaconv_kernels.integrations.diffusers import sites as dm
+import deltaconv_kernels.integrations.diffusers.sites as dm
 from deltaconv_kernels.integrations.diffusers.attention import RecordSize, SpatialSize
 
 # Attention scores per chunk. Measuring a chunk (float64 integral image and FFT) peaks near 40 bytes per score

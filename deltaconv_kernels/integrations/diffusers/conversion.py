@@ -9,8 +9,8 @@ from pathlib import Path
 
 from torch import nn
 
+import deltaconv_kernels.integrations.diffusers.sites as dm
 from deltaconv_kernels import validation
-from deltaconv_kernels.integrations.diffusers import sites as dm
 from deltaconv_kernels.integrations.diffusers.attention import DeltaConvAttention, attach_size_hook, detach_size_hooks
 from deltaconv_kernels.integrations.diffusers.layers import converted_layers, iter_deltaconv_modules
 from deltaconv_kernels.integrations.diffusers.saving import install_save, uninstall_save

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from deltaconv_kernels.integrations.diffusers import sites as dm
+import deltaconv_kernels.integrations.diffusers.sites as dm
 from deltaconv_kernels.integrations.diffusers.attention import MODES, DeltaConvAttention, DistillableAttention
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+import deltaconv_kernels.integrations.diffusers.sites as dm
 from deltaconv_kernels.baselines import LinFusionAttention
-from deltaconv_kernels.integrations.diffusers import sites as dm
 from deltaconv_kernels.integrations.diffusers.baselines import BaselineAttention, replace_attention
 from deltaconv_kernels.integrations.diffusers.files import CheckpointError, check_tensor_values, read_state_dict
 

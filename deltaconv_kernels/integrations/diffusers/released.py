@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
+import deltaconv_kernels.integrations.diffusers.sites as dm
 from deltaconv_kernels import validation
-from deltaconv_kernels.integrations.diffusers import sites as dm
 from deltaconv_kernels.integrations.diffusers.attention import DeltaConvAttention
 from deltaconv_kernels.integrations.diffusers.conversion import ConversionReport, convert
 from deltaconv_kernels.integrations.diffusers.files import (

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from safetensors.torch import save as safetensors_bytes
 
+import deltaconv_kernels.integrations.diffusers.sites as dm
 from deltaconv_kernels.fileio import atomic_write
-from deltaconv_kernels.integrations.diffusers import sites as dm
 from deltaconv_kernels.integrations.diffusers.files import (
     ADVICE,
     BASE_NAME,
