@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from deltaconv_kernels import fileio
@@ -155,7 +156,7 @@ class DistillTrainer:
         if prediction_type not in losses.PREDICTION_TYPES:
             raise ValueError(f"scheduler prediction_type {prediction_type!r} is not one of {losses.PREDICTION_TYPES}")
         if accelerator is None:
-            from accelerate import Accelerator
+            from accelerate import Accelerator  # deferred: only the default accelerator needs accelerate
 
             accelerator = Accelerator(mixed_precision=config.mixed_precision)
         self.accelerator, self.config, self.dataset = accelerator, config, dataset
@@ -268,7 +269,7 @@ class DistillTrainer:
             self._write_logs(history)
         sampler = BucketBatchSampler(self.dataset.sizes(), cfg.batch_size, cfg.seed)
         batches = sampler.iterate(start, acc.process_index, acc.num_processes)
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # deferred: the optional tqdm
 
         bar = tqdm(total=cfg.max_steps, initial=start, disable=not (cfg.progress and acc.is_main_process),
                    desc="distill", dynamic_ncols=True)
@@ -322,7 +323,7 @@ class DistillTrainer:
             # The integration's format: `deltaconv_kernels.integrations.diffusers.load(model, path)` restores it.
             summary["weights"] = str(self._save_weights())
             if self.config.plot and history:
-                from deltaconv_kernels.distill.plots import plot_losses
+                from deltaconv_kernels.distill.plots import plot_losses  # deferred: it needs the optional matplotlib
 
                 summary["plot"] = str(plot_losses(history, self.output_dir / "loss.png"))
         acc.wait_for_everyone()
@@ -333,8 +334,6 @@ class DistillTrainer:
         students as one safetensors file of `student_state_dict` (`load_student_state_dict` restores it)."""
         if all(isinstance(m, DeltaConvAttention) for m in student_layers(self.base).values()):
             return save(self.base, self.output_dir / WEIGHTS_DIR)
-        from safetensors.torch import save as safetensors_bytes
-
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in student_state_dict(self.base).items()}
         return checkpointing.atomic_write(self.output_dir / STUDENT_WEIGHTS,
                                           lambda f: f.write(safetensors_bytes(tensors)))
