@@ -21,10 +21,8 @@ import argparse
 import math
 from dataclasses import dataclass, fields
 
-from deltaconv_kernels.ditfastattn_schedule import PUBLISHED_WINDOW, DiTFastAttnSchedule, window_half_width
-from deltaconv_kernels.geometry import pooled_size
-from deltaconv_kernels.resolutions import resolution
-from deltaconv_kernels.window_blocks import (
+from deltaconv_kernels.baselines.ditfastattn_schedule import PUBLISHED_WINDOW, DiTFastAttnSchedule, window_half_width
+from deltaconv_kernels.baselines.window_blocks import (
     BAND_IMPLS,
     NEIGHBORHOOD_IMPLS,
     band_flex_blocks,
@@ -33,6 +31,8 @@ from deltaconv_kernels.window_blocks import (
     neighborhood_flex_blocks,
     neighborhood_reference_pairs,
 )
+from deltaconv_kernels.geometry import pooled_size
+from deltaconv_kernels.resolutions import resolution
 
 METHODS = ("deltaconv", "sdpa", "neighborhood", "ditfastattn", "linfusion", "mediator")
 

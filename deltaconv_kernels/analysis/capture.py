@@ -22,8 +22,8 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
-from deltaconv_kernels.integrations import diffusers_models as dm
-from deltaconv_kernels.integrations.diffusers_attention import RecordSize, SpatialSize
+import deltaconv_kernels.integrations.diffusers.sites as dm
+from deltaconv_kernels.integrations.diffusers.attention import RecordSize, SpatialSize
 
 # Attention scores per chunk. Measuring a chunk (float64 integral image and FFT) peaks near 40 bytes per score
 # on top of the 4-byte scores, so 2^23 scores stay under ~400 MiB.
@@ -43,15 +43,14 @@ class CapturedMaps(NamedTuple):
 
 def self_attention_layers(model: nn.Module) -> dict[str, BasicTransformerBlock]:
     """Every `BasicTransformerBlock` of the model whose `attn1` is a self-attention, by the path of its attn1, in
-    forward order: the sites `convert` replaces (`diffusers_models.find_sites`, the one implementation)."""
+    forward order: the sites `convert` replaces (`sites.find_sites`, the one implementation)."""
     return {site.name: site.block for site in _sites(model)}
 
 
 def _sites(model: nn.Module):
     if type(model).__name__ not in dm.SUPPORTED:
         raise ValueError(f"{type(model).__name__} has no BasicTransformerBlock with self-attention attn1 that the "
-                         "analysis knows: supported are UNet2DConditionModel, PixArtTransformer2DModel and "
-                         "DiTTransformer2DModel")
+                         f"analysis knows: supported are {', '.join(dm.SUPPORTED)}")
     return dm.find_sites(model)
 
 

@@ -86,9 +86,10 @@ def load_model(args: argparse.Namespace):
         from deltaconv_kernels.analysis.tiny import tiny_model
         model = tiny_model(args.tiny, args.seed)
     else:
+        # deferred: diffusers and the integration (which needs safetensors) are optional; --help works without them
         import diffusers
 
-        from deltaconv_kernels.integrations.diffusers_models import find_denoiser
+        from deltaconv_kernels.integrations.diffusers.sites import dtype_kwarg, find_denoiser
         if args.model_class != "auto":
             sub, class_name = args.subfolder, MODEL_CLASSES[args.model_class]
             if not (Path(args.model) / (sub or "") / "config.json").is_file():
@@ -96,9 +97,9 @@ def load_model(args: argparse.Namespace):
         else:
             sub, class_name = find_denoiser(args.model, args.subfolder)  # a pipeline folder: its unet/transformer
         model = getattr(diffusers, class_name).from_pretrained(args.model, subfolder=sub,
-                                                               torch_dtype=parse_dtype(args.dtype))
+                                                               **dtype_kwarg(parse_dtype(args.dtype)))
     if args.tiny and parse_dtype(args.dtype) != torch.float32:
-        model = model.to(parse_dtype(args.dtype))  # from_pretrained already loaded the others in torch_dtype
+        model = model.to(parse_dtype(args.dtype))  # from_pretrained already loaded the others in dtype
     return model.to(args.device).eval()
 
 
@@ -106,7 +107,7 @@ def vae_scale_factor(args: argparse.Namespace) -> int:
     """--vae-scale-factor, else the VAE's of a --model pipeline folder, else 8 (SD, SDXL, PixArt)."""
     if args.vae_scale_factor is not None:
         return args.vae_scale_factor
-    from deltaconv_kernels.integrations.diffusers_models import pipeline_vae_scale_factor
+    from deltaconv_kernels.integrations.diffusers.sites import pipeline_vae_scale_factor  # deferred: as in load_model
     found = pipeline_vae_scale_factor(args.model) if args.model else None
     return found if found is not None else 8
 

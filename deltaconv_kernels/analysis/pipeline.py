@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, UNet2DConditionModel
+from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 from torch import nn
 
 from deltaconv_kernels.analysis import locality
 from deltaconv_kernels.analysis.aggregate import LayerStats, LocalityAccumulator
 from deltaconv_kernels.analysis.capture import DEFAULT_MAX_ELEMENTS, AttentionCapture
 from deltaconv_kernels.analysis.recommend import KernelRule
+from deltaconv_kernels.integrations.diffusers.sites import SUPPORTED
 
-SUPPORTED = (UNet2DConditionModel, PixArtTransformer2DModel, DiTTransformer2DModel)
 DEFAULT_PLOT_QUERIES = ((0.5, 0.5), (0.25, 0.25), (0.0, 0.0))  # fractions of (H, W): centre, quarter, corner
 
 
@@ -37,8 +37,8 @@ def plot_positions(fractions: Sequence[tuple[float, float]]):
 
 def default_inputs(model: nn.Module, batch_size: int, latent_hw: tuple[int, int], seed: int) -> dict:
     """Random x_t and conditioning matching the model's config (float32 on CPU; `forward_kwargs` casts them)."""
-    if not isinstance(model, SUPPORTED):
-        raise TypeError(f"model must be one of {[c.__name__ for c in SUPPORTED]}, got {type(model).__name__}")
+    if type(model).__name__ not in SUPPORTED:
+        raise TypeError(f"model must be one of {list(SUPPORTED)}, got {type(model).__name__}")
     gen = torch.Generator().manual_seed(seed)
     cfg = model.config
     h, w = latent_hw

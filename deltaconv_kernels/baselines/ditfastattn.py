@@ -1,5 +1,5 @@
 """DiTFastAttn-style attention (Yuan et al. 2024), as its published code does it: per denoising step a plan
-(deltaconv_kernels.ditfastattn_schedule) picks one of
+(deltaconv_kernels.baselines.ditfastattn_schedule) picks one of
 
 - "full": full attention; when a window step follows before the next full step it also computes the 1-D window
   attention and caches the residual `full - window`;
@@ -27,13 +27,13 @@ import torch.nn.functional as F
 
 from deltaconv_kernels.baselines import flex
 from deltaconv_kernels.baselines.base import AttentionBaseline, select_impl
-from deltaconv_kernels.ditfastattn_schedule import (
+from deltaconv_kernels.baselines.ditfastattn_schedule import (
     MODES,
     PUBLISHED_WINDOW,
     DiTFastAttnSchedule,
     window_half_width,
 )
-from deltaconv_kernels.window_blocks import BAND_IMPLS, band_covers_all, band_reference_spans
+from deltaconv_kernels.baselines.window_blocks import BAND_IMPLS, band_covers_all, band_reference_spans
 
 __all__ = ["MODES", "COND_HALVES", "WINDOW_IMPLS", "DiTFastAttnAttention", "DiTFastAttnSchedule",
            "window_attention_1d", "window_half_width"]

@@ -15,7 +15,7 @@ from functools import cache, lru_cache
 
 import torch
 
-from deltaconv_kernels.window_blocks import FLEX_BLOCK, band_flex_blocks, neighborhood_flex_blocks
+from deltaconv_kernels.baselines.window_blocks import FLEX_BLOCK, band_flex_blocks, neighborhood_flex_blocks
 
 # Distinct compiled graphs per process (one per size, window, dtype and device). Past this dynamo would silently
 # run flex_attention eagerly (dense N x N scores); `flex_attend` makes it raise instead.

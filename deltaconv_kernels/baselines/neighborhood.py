@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from deltaconv_kernels.baselines import flex
 from deltaconv_kernels.baselines.base import AttentionBaseline, select_impl
-from deltaconv_kernels.window_blocks import NEIGHBORHOOD_IMPLS, axis_tiling, neighborhood_tile
+from deltaconv_kernels.baselines.window_blocks import NEIGHBORHOOD_IMPLS, axis_tiling, neighborhood_tile
 
 IMPLS = NEIGHBORHOOD_IMPLS
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from deltaconv_kernels import flops
-from deltaconv_kernels.ditfastattn_schedule import DiTFastAttnSchedule
+from deltaconv_kernels.baselines.ditfastattn_schedule import DiTFastAttnSchedule
 
 METHODS = flops.METHODS
 # Layer shapes: those of flops.py, and PixArt with the paper's largest kernel, K = 25.

@@ -9,16 +9,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deltaconv_kernels.integrations.diffusers_attention import DistillableAttention
+from deltaconv_kernels.integrations.diffusers.attention import DistillableAttention
+from deltaconv_kernels.integrations.diffusers.layers import replaced_layers
+from deltaconv_kernels.integrations.diffusers.sites import SUPPORTED, find_denoiser
 
-SUPPORTED = ("UNet2DConditionModel", "PixArtTransformer2DModel")
+# The supported denoisers `predict` can condition from a latent dataset (text embeddings); DiT needs class labels.
+DISTILLABLE = tuple(name for name in SUPPORTED if name != "DiTTransformer2DModel")
 VAE_FACTOR = 8  # PixArt's resolution condition is in pixels: latent size x 8 for its VAE
 
 
 def predict(model: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, batch: dict) -> torch.Tensor:
     """The denoiser's prediction for `latents` at `timesteps` conditioned on `batch["prompt_embeds"]`; same
     shape as `latents` (a learned-variance output keeps only its first half, the prediction)."""
-    base = _unwrap(model)
+    base = unwrap_model(model)
     name = type(base).__name__
     cond = batch["prompt_embeds"].to(latents.dtype) if not torch.is_autocast_enabled(latents.device.type) \
         else batch["prompt_embeds"]
@@ -36,15 +39,15 @@ def predict(model: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, ba
         out = model(latents, encoder_hidden_states=cond, timestep=timesteps, added_cond_kwargs=added,
                     return_dict=False)[0]
     else:
-        raise TypeError(f"distillation supports {SUPPORTED} denoisers, got {name}")
+        raise TypeError(f"distillation supports {DISTILLABLE} denoisers, got {name}")
     channels = latents.shape[1]
     if out.shape[1] == 2 * channels:  # learned sigma: [prediction, variance]
         out = out[:, :channels]
     return out
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DistributedDataParallel (accelerate.prepare) keeps the real model in .module.
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model itself, out of any DistributedDataParallel wrapper (accelerate.prepare keeps it in `.module`)."""
     while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
     return model
@@ -53,9 +56,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def load_denoiser(path: str | Path, subfolder: str | None = None) -> nn.Module:
     """A diffusers denoiser saved with `save_pretrained` in `path` (or `path/subfolder`): the class comes from
     its `config.json` `_class_name`. Tries `unet/` and `transformer/` when `path` is a pipeline folder."""
-    import diffusers
+    import diffusers  # deferred: the optional diffusers (this module imports without it)
 
-    from deltaconv_kernels.integrations.diffusers_models import find_denoiser
     sub, class_name = find_denoiser(path, subfolder)
     return getattr(diffusers, class_name).from_pretrained(str(path), subfolder=sub)
 
@@ -63,7 +65,7 @@ def load_denoiser(path: str | Path, subfolder: str | None = None) -> nn.Module:
 def load_noise_scheduler(path: str | Path | None):
     """The training noise schedule: `DDPMScheduler` with the config of `path` (a scheduler folder or a pipeline's
     `scheduler/`), or diffusers' defaults (linear betas 1e-4..0.02, 1000 steps, ε-prediction) when None."""
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler  # deferred: the optional diffusers
 
     if path is None:
         return DDPMScheduler()
@@ -78,7 +80,7 @@ def load_noise_scheduler(path: str | Path | None):
 def student_layers(model: nn.Module) -> dict[str, DistillableAttention]:
     """{attn1 layer name: slot} of every replaced self-attention (`convert`'s `DeltaConvAttention` or
     `replace_attention`'s `BaselineAttention`), names relative to the denoiser."""
-    return {name: m for name, m in _unwrap(model).named_modules() if isinstance(m, DistillableAttention)}
+    return replaced_layers(unwrap_model(model))
 
 
 def student_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -16,21 +16,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from deltaconv_kernels import fileio
 from deltaconv_kernels.distill import checkpointing, losses
 from deltaconv_kernels.distill.data import BucketBatchSampler, LatentDataset
 from deltaconv_kernels.distill.models import (
-    _unwrap,
     load_student_state_dict,
     predict,
     student_layers,
     student_parameters,
     student_state_dict,
+    unwrap_model,
 )
-from deltaconv_kernels.integrations.diffusers import save
-from deltaconv_kernels.integrations.diffusers_attention import DeltaConvAttention
+from deltaconv_kernels.integrations.diffusers import DeltaConvAttention, save, set_mode
+from deltaconv_kernels.integrations.diffusers.files import WEIGHT_FILES
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings that change the trajectory: resuming with a different value would not continue the same run.
@@ -41,7 +42,6 @@ STUDENT_WEIGHTS = "student.safetensors"  # final weights of baseline students (`
 HISTORY_FIELDS = ("step", "loss", "output", "feature", "noise", "lr", "grad_norm", "seconds")
 # What a run writes into its output folder (an existing one means an earlier run is there).
 RUN_FILES = (checkpointing.CHECKPOINT_NAME, "history.csv", "history.json", "loss.png", STUDENT_WEIGHTS)
-WEIGHT_FILES = ("deltaconv.safetensors", "deltaconv.json")  # inside WEIGHTS_DIR
 
 
 def check_output_dir_free(output_dir, overwrite: bool) -> list[Path]:
@@ -111,20 +111,6 @@ def step_seed(seed: int, step: int, process_index: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + process_index * 104_729) % (2**63 - 1)
 
 
-def converted_layers(model: nn.Module) -> dict[str, nn.Module]:
-    layers = student_layers(model)
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no ΔConvBlock layers: convert(model, keep_attention=True) "
-                         "(or replace_attention(model, method, keep_attention=True) for a baseline student) "
-                         "before distilling")
-    return layers
-
-
-def set_mode(model: nn.Module, mode: str) -> None:
-    for layer in converted_layers(model).values():
-        layer.mode = mode
-
-
 class FeatureRecorder:
     """Forward hooks on the transformer blocks that hold a converted attn1, recording their outputs (the
     post-residual hidden states) in call order."""
@@ -156,7 +142,11 @@ class DistillTrainer:
 
     def __init__(self, model: nn.Module, noise_scheduler, dataset: LatentDataset, config: DistillConfig,
                  accelerator=None, step_callback=None):
-        layers = converted_layers(model)
+        layers = student_layers(model)
+        if not layers:
+            raise ValueError(f"{type(unwrap_model(model)).__name__} has no ΔConvBlock layers: convert(model, "
+                             "keep_attention=True) (or replace_attention(model, method, keep_attention=True) for a "
+                             "baseline student) before distilling")
         without = [n for n, m in layers.items() if m.attention is None]
         if without:
             raise ValueError(f"distillation needs the original attention as teacher, but {len(without)} layers "
@@ -166,7 +156,7 @@ class DistillTrainer:
         if prediction_type not in losses.PREDICTION_TYPES:
             raise ValueError(f"scheduler prediction_type {prediction_type!r} is not one of {losses.PREDICTION_TYPES}")
         if accelerator is None:
-            from accelerate import Accelerator
+            from accelerate import Accelerator  # deferred: only the default accelerator needs accelerate
 
             accelerator = Accelerator(mixed_precision=config.mixed_precision)
         self.accelerator, self.config, self.dataset = accelerator, config, dataset
@@ -199,7 +189,7 @@ class DistillTrainer:
         lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: 1.0 if warmup == 0 else min(1.0, (s + 1) / warmup))
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(model, optimizer, lr_scheduler)
-        self.base = _unwrap(self.model)
+        self.base = unwrap_model(self.model)
         self.trainable = trainable
 
     # ------------------------------------------------------------------ one step
@@ -229,7 +219,7 @@ class DistillTrainer:
             with acc.autocast():
                 student = predict(self.model, noisy, timesteps, batch)
             if use_distill:
-                pairs = [m.last_features for m in converted_layers(self.base).values()]
+                pairs = [m.last_features for m in student_layers(self.base).values()]
             elif recorder:
                 pairs = list(zip(recorder.take(), teacher_hidden))
             else:
@@ -279,7 +269,7 @@ class DistillTrainer:
             self._write_logs(history)
         sampler = BucketBatchSampler(self.dataset.sizes(), cfg.batch_size, cfg.seed)
         batches = sampler.iterate(start, acc.process_index, acc.num_processes)
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # deferred: the optional tqdm
 
         bar = tqdm(total=cfg.max_steps, initial=start, disable=not (cfg.progress and acc.is_main_process),
                    desc="distill", dynamic_ncols=True)
@@ -333,7 +323,7 @@ class DistillTrainer:
             # The integration's format: `deltaconv_kernels.integrations.diffusers.load(model, path)` restores it.
             summary["weights"] = str(self._save_weights())
             if self.config.plot and history:
-                from deltaconv_kernels.distill.plots import plot_losses
+                from deltaconv_kernels.distill.plots import plot_losses  # deferred: it needs the optional matplotlib
 
                 summary["plot"] = str(plot_losses(history, self.output_dir / "loss.png"))
         acc.wait_for_everyone()
@@ -342,10 +332,8 @@ class DistillTrainer:
     def _save_weights(self) -> Path:
         """ΔConvBlock students in the integration's format (`diffusers.load(model, path)` restores them); baseline
         students as one safetensors file of `student_state_dict` (`load_student_state_dict` restores it)."""
-        if all(isinstance(m, DeltaConvAttention) for m in converted_layers(self.base).values()):
+        if all(isinstance(m, DeltaConvAttention) for m in student_layers(self.base).values()):
             return save(self.base, self.output_dir / WEIGHTS_DIR)
-        from safetensors.torch import save as safetensors_bytes
-
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in student_state_dict(self.base).items()}
         return checkpointing.atomic_write(self.output_dir / STUDENT_WEIGHTS,
                                           lambda f: f.write(safetensors_bytes(tensors)))

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from deltaconv_kernels.integrations import diffusers as dd
+from deltaconv_kernels.integrations.diffusers.sites import dtype_kwarg
 
 
 def parse_args(argv=None):
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype)
     if args.model is not None:
         from diffusers import DiffusionPipeline
-        pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(args.model, **dtype_kwarg(dtype), local_files_only=True)
         inputs = {"prompt": args.prompt}
     else:
         torch.manual_seed(args.seed)

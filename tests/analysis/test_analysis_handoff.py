@@ -16,7 +16,7 @@ from tiny_models import tiny_dit, tiny_pixart, tiny_pixart_pipeline, tiny_unet  
 from deltaconv_kernels.analysis import cli  # noqa: E402
 from deltaconv_kernels.analysis.capture import AttentionCapture, self_attention_layers  # noqa: E402
 from deltaconv_kernels.integrations import diffusers as dd  # noqa: E402
-from deltaconv_kernels.integrations.diffusers_models import find_sites  # noqa: E402
+from deltaconv_kernels.integrations.diffusers.sites import find_sites  # noqa: E402
 
 
 @pytest.mark.parametrize("make", [lambda: tiny_unet("sd15"), lambda: tiny_unet("sdxl"), tiny_pixart, tiny_dit])

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deltaconv_kernels import baselines, window_blocks
-from deltaconv_kernels.baselines import ditfastattn, flex, neighborhood
+from deltaconv_kernels import baselines
+from deltaconv_kernels.baselines import ditfastattn, flex, neighborhood, window_blocks
 from deltaconv_kernels.baselines.base import select_impl
 from deltaconv_kernels.testing import assert_close
 

@@ -1,9 +1,11 @@
-"""save / load of converted models (bit-identical round trip, every strict check) and import of released
-ΔConvFusion checkpoints from synthetic state dicts in the released key format (docs/DESIGN.md §8)."""
+"""`save` / `load` of converted models: a bit-identical round trip, every strict check, and malformed checkpoints
+(config entries, JSON, safetensors bytes, weight values) refused before the model is touched (docs/DESIGN.md §8)."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,28 +13,12 @@ import torch
 
 pytest.importorskip("diffusers", reason="the diffusers integration needs the diffusers package")
 
+from converted import randomize_blocks, run_pixart, run_unet  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
-from tiny_models import meta_model, pixart_inputs, tiny_pixart, tiny_unet, unet_inputs  # noqa: E402
+from tiny_models import meta_model, tiny_pixart, tiny_unet  # noqa: E402
 
 from deltaconv_kernels.integrations import diffusers as dd  # noqa: E402
-from deltaconv_kernels.integrations.diffusers_checkpoint import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
-
-
-def _randomize(model, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in dd.deltaconv_parameters(model):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-
-
-def _run_unet(model):
-    with torch.no_grad():
-        return model(*unet_inputs(model, batch=2, height=20, width=12)).sample
-
-
-def _run_pixart(model):
-    with torch.no_grad():
-        return model(**pixart_inputs(model, batch=2, height=20, width=12)).sample
+from deltaconv_kernels.integrations.diffusers.files import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
 
 
 @pytest.fixture
@@ -40,7 +26,7 @@ def saved_unet(tmp_path):
     model = tiny_unet("sd15")
     sizes = {n: 3 + 2 * (i % 3) for i, n in enumerate(dd.convert(tiny_unet("sd15")).kernel_sizes())}
     dd.convert(model, kernel_sizes=sizes)
-    _randomize(model)
+    randomize_blocks(model)
     dd.save(model, tmp_path / "ckpt")
     return model, tmp_path / "ckpt", sizes
 
@@ -51,18 +37,18 @@ def test_save_load_bit_identical_unet(saved_unet):
     fresh = tiny_unet("sd15")  # same seed: same base weights
     report = dd.load(fresh, path)
     assert report.kernel_sizes() == sizes
-    assert torch.equal(_run_unet(fresh), _run_unet(model))
+    assert torch.equal(run_unet(fresh), run_unet(model))
     # Loading into an already converted model (e.g. resuming) checks it and restores the weights.
     again = tiny_unet("sd15")
     dd.convert(again, kernel_sizes=sizes)
     assert dd.load(again, path) is None
-    assert torch.equal(_run_unet(again), _run_unet(model))
+    assert torch.equal(run_unet(again), run_unet(model))
 
 
 def test_save_load_bit_identical_pixart_bf16_with_kept_attention(tmp_path):
     model = tiny_pixart(dtype=torch.bfloat16)
     dd.convert(model, gate="scaled", scales=(1.0, 0.5, 0.25))
-    _randomize(model)
+    randomize_blocks(model)
     dd.save(model, tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert config["scales"] == [1.0, 0.5, 0.25] and config["fingerprint"]["class"] == "PixArtTransformer2DModel"
@@ -70,7 +56,7 @@ def test_save_load_bit_identical_pixart_bf16_with_kept_attention(tmp_path):
     dd.load(fresh, tmp_path, keep_attention=True)
     assert all(m.attention is not None for _, m in dd.iter_deltaconv_modules(fresh))
     assert {m.block.gate for _, m in dd.iter_deltaconv_modules(fresh)} == {"scaled"}
-    assert torch.equal(_run_pixart(fresh), _run_pixart(model))
+    assert torch.equal(run_pixart(fresh), run_pixart(model))
 
 
 def _rewrite(path: Path, edit_config=None, edit_tensors=None):
@@ -154,89 +140,109 @@ def test_save_errors(tmp_path):
         dd.save(meta, tmp_path)
 
 
-# --- released ΔConvFusion checkpoints -------------------------------------------------------------------------
+# --- malformed checkpoints ----------------------------------------------------------------------------------------
 
-_RELEASED_NAMES = {"proj_in": "conv_up", "proj_out": "conv_out", "pool_proj": "conv_pool"}
-
-
-def _released_state(model, prefix="denoiser."):
-    """The converted model's block weights under the released key names (written independently of the
-    importer: block path + `.conv1.` + released parameter name)."""
-    state = {}
-    for name, layer in dd.iter_deltaconv_modules(model):
-        block_path = prefix + name[: -len(".attn1")]
-        for key, t in layer.block.state_dict().items():
-            head, rest = key.split(".", 1)
-            if head == "stages":
-                i = rest.split(".")[0]
-                released = f"gates.{i}.conv_spatial.weight"
-            else:
-                released = f"{_RELEASED_NAMES[head]}.{rest}"
-            state[f"{block_path}.conv1.{released}"] = t.clone()
-    return state
+PIXART_FIRST = "transformer_blocks.0.attn1"
 
 
 @pytest.fixture
-def released_pixart():
+def saved(tmp_path):
     model = tiny_pixart()
-    sizes = {"transformer_blocks.0.attn1": 5, "transformer_blocks.1.attn1": 9}
-    dd.convert(model, kernel_sizes=sizes)
-    _randomize(model, seed=7)
-    return model, sizes
+    dd.convert(model, kernel_sizes=3)
+    randomize_blocks(model)
+    dd.save(model, tmp_path / "ckpt")
+    return model, tmp_path / "ckpt"
 
 
-def test_import_released_safetensors_with_prefix(released_pixart, tmp_path):
-    model, sizes = released_pixart
-    state = _released_state(model)
-    state["denoiser.pos_embed.proj.weight"] = torch.randn(2, 2)  # other trainable weights are ignored
-    save_file(state, str(tmp_path / "released.safetensors"))
+def _edit_config(path, edit):
+    config = json.loads((path / CONFIG_NAME).read_text())
+    edit(config)
+    (path / CONFIG_NAME).write_text(json.dumps(config))
+
+
+def _set_layer(key, value):
+    return lambda c: c["layers"][PIXART_FIRST].__setitem__(key, value)
+
+
+CONFIG_CASES = {
+    "gate_scale null": (_set_layer("gate_scale", None), f"layer {PIXART_FIRST}: gate_scale must be a real number"),
+    "gate_scale str": (_set_layer("gate_scale", "abc"), f"layer {PIXART_FIRST}: gate_scale must be a real number"),
+    "gate_scale negative": (_set_layer("gate_scale", -1.0), "gate_scale must be a finite number > 0"),
+    "kernel float": (_set_layer("kernel_size", 3.0), "kernel_size must be an int"),
+    "gate unknown": (_set_layer("gate", "relu"), "gate must be one of"),
+    "layer missing dim": (lambda c: c["layers"][PIXART_FIRST].pop("dim"), r"lacks \['dim'\]"),
+    "layer a list": (lambda c: c["layers"].__setitem__(PIXART_FIRST, [1, 2]), "expected an object, got list"),
+    "no fingerprint": (lambda c: c.pop("fingerprint"), "'fingerprint' must be a JSON object, got missing"),
+    "no layers": (lambda c: c.pop("layers"), "'layers' must be a JSON object, got missing"),
+    "layers a list": (lambda c: c.__setitem__("layers", []), "'layers' must be a JSON object, got a list"),
+    "scales bad": (lambda c: c.__setitem__("scales", [1.0, 2.0]), r"scales must lie in \(0, 1\]"),
+    "inter_ratio nan": (lambda c: c.__setitem__("inter_ratio", float("nan")), "inter_ratio must be a finite"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_malformed_config_is_refused_before_any_change(saved, case):
+    _, path = saved
+    edit, match = CONFIG_CASES[case]
+    _edit_config(path, edit)
     fresh = tiny_pixart()
-    report = dd.import_released(fresh, tmp_path / "released.safetensors")
-    assert report.kernel_sizes() == sizes and {r.gate for r in report} == {"sigmoid"}  # released PixArt gate
-    assert torch.equal(_run_pixart(fresh), _run_pixart(model))
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(dd.CheckpointError, match=match) as info:
+        dd.load(fresh, path)
+    assert str(path / CONFIG_NAME) in str(info.value)
+    assert not list(dd.iter_deltaconv_modules(fresh))  # never converted with random weights
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
 
 
-def test_import_released_directory_of_pt_files_unet(tmp_path):
-    model = tiny_unet("sdxl")
-    dd.convert(model)
-    _randomize(model, seed=11)
-    state = _released_state(model, prefix="")
-    keys = sorted(state)
-    torch.save({"state_dict": {k: state[k] for k in keys[::2]}}, tmp_path / "part1.pt")
-    save_file({k: state[k] for k in keys[1::2]}, str(tmp_path / "part2.safetensors"))
-    fresh = tiny_unet("sdxl")
-    report = dd.import_released(fresh, tmp_path)
-    assert report.kernel_sizes() == {n: m.block.kernel_size for n, m in dd.iter_deltaconv_modules(model)}
-    assert torch.equal(_run_unet(fresh), _run_unet(model))
+@pytest.mark.parametrize("text,match", [("{not json", "not valid JSON"), ("[1, 2]", "expected a JSON object")])
+def test_bad_json_is_a_checkpoint_error(saved, text, match):
+    _, path = saved
+    (path / CONFIG_NAME).write_text(text)
+    with pytest.raises(dd.CheckpointError, match=match):
+        dd.load(tiny_pixart(), path)
 
 
-def test_import_released_errors(released_pixart, tmp_path):
-    model, _ = released_pixart
-    state = _released_state(model)
-    cases = {
-        "empty": ({"denoiser.x.weight": torch.zeros(1)}, "no released"),
-        "missing": ({k: v for k, v in state.items() if "blocks.1." not in k}, "lacks transformer_blocks.1.attn1"),
-        "unknown": ({**state, "denoiser.transformer_blocks.0.conv1.conv_mid.weight": torch.zeros(1)},
-                    "unexpected released key"),
-        "notblock": ({**state, "denoiser.nowhere.3.conv1.conv_up.weight": torch.zeros(1)},
-                     "is no transformer block"),
-        "shape": ({**state, "denoiser.transformer_blocks.0.conv1.conv_pool.bias": torch.zeros(3)},
-                  "conv_pool|pool_proj.bias has shape"),
-    }
-    for case, (bad, match) in cases.items():
-        save_file(bad, str(tmp_path / f"{case}.safetensors"))
-        fresh = tiny_pixart()
-        with pytest.raises(dd.CheckpointError, match=match):
-            dd.import_released(fresh, tmp_path / f"{case}.safetensors")
-        assert not list(dd.iter_deltaconv_modules(fresh)), case
-    save_file(state, str(tmp_path / "good.safetensors"))
-    with pytest.raises(dd.CheckpointError, match="2 pyramid stages"):
-        dd.import_released(tiny_pixart(), tmp_path / "good.safetensors", scales=(1.0,))
-    dup = tmp_path / "dup"
-    dup.mkdir()
-    save_file(state, str(dup / "a.safetensors"))
-    save_file(state, str(dup / "b.safetensors"))
-    with pytest.raises(dd.CheckpointError, match="more than one file"):
-        dd.import_released(tiny_pixart(), dup)
-    with pytest.raises(dd.CheckpointError, match="does not exist"):
-        dd.import_released(tiny_pixart(), tmp_path / "missing.pt")
+@pytest.mark.parametrize("damage", ["truncate", "header"])
+def test_corrupt_safetensors_is_a_checkpoint_error(saved, damage):
+    _, path = saved
+    weights = path / WEIGHTS_NAME
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\xff" * 8 + data[8:])
+    fresh = tiny_pixart()
+    with pytest.raises(dd.CheckpointError, match=f"{weights}: not a readable safetensors file"):
+        dd.load(fresh, path)
+    assert not list(dd.iter_deltaconv_modules(fresh))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: t[f"{PIXART_FIRST}.proj_in.weight"].view(-1)[3].fill_(float("nan")), "proj_in.weight holds 1 NaN/Inf"),
+    (lambda t: t[f"{PIXART_FIRST}.pool_proj.bias"].fill_(float("inf")), "pool_proj.bias holds 16 NaN/Inf"),
+    (lambda t: t.__setitem__(f"{PIXART_FIRST}.proj_out.bias", t[f"{PIXART_FIRST}.proj_out.bias"].to(torch.int32)),
+     "proj_out.bias has dtype torch.int32"),
+])
+def test_bad_weight_values_are_refused(saved, edit, match):
+    _, path = saved
+    tensors = load_file(str(path / WEIGHTS_NAME))
+    edit(tensors)
+    save_file(tensors, str(path / WEIGHTS_NAME))
+    fresh = tiny_pixart()
+    with pytest.raises(dd.CheckpointError, match=match):
+        dd.load(fresh, path)
+    assert not list(dd.iter_deltaconv_modules(fresh))
+
+
+# --- the files save writes ------------------------------------------------------------------------------------------
+
+def test_saved_files_follow_the_umask(tmp_path):
+    model = tiny_pixart()
+    dd.convert(model, kernel_sizes=3)
+    old = os.umask(0o022)
+    try:
+        dd.save(model, tmp_path / "a")
+        os.umask(0o027)
+        dd.save(model, tmp_path / "b")
+    finally:
+        os.umask(old)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        assert stat.S_IMODE((tmp_path / "a" / name).stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / "b" / name).stat().st_mode) == 0o640

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("diffusers", reason="the diffusers integration needs the diffusers package")
 
+from converted import randomize_blocks  # noqa: E402
 from diffusers.models.attention import BasicTransformerBlock  # noqa: E402
 from diffusers.models.attention_processor import Attention  # noqa: E402
 from tiny_models import meta_model, pixart_inputs, tiny_dit, tiny_pixart, tiny_unet, unet_inputs  # noqa: E402
@@ -32,15 +33,6 @@ def _blocks(model):
 
 def _level_prefix(name: str) -> str:
     return "mid_block" if name.startswith("mid_block") else ".".join(name.split(".")[:2])
-
-
-def _randomize(model, seed=1, std=0.2):
-    """Give every ΔConvBlock random non-zero weights (the default init leaves nothing zero either, but larger
-    weights make a scrambled token order show up clearly)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in dd.deltaconv_parameters(model):
-            p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 @pytest.mark.parametrize("name,count", [("sd15", 16), ("sdxl", 70)])
@@ -133,7 +125,7 @@ def test_tiny_unet_forward_any_size(layout, hw):
     with torch.no_grad():
         before = model(sample, t, ctx).sample
         dd.convert(model)
-        _randomize(model)
+        randomize_blocks(model, seed=1)
         after = _check_every_layer(model, lambda: model(sample, t, ctx).sample)
     assert after.shape == before.shape == sample.shape and after.dtype == before.dtype
     assert torch.isfinite(after).all()
@@ -178,7 +170,7 @@ def test_tiny_models_half_precision(dtype):
 def test_tiny_pixart_any_size_fuzz(h, w, batch):
     model = tiny_pixart()
     dd.convert(model)
-    _randomize(model)
+    randomize_blocks(model, seed=1)
     with torch.no_grad():
         out = _check_every_layer(model, lambda: model(**pixart_inputs(model, batch=batch, height=h, width=w)).sample)
     # diffusers' unpatchify drops an odd last row/column; the token map is (h // 2) x (w // 2).
@@ -243,7 +235,7 @@ def test_layer_output_matches_reference_on_non_square_map(kind):
         dd.convert(model)
         name, hw = "transformer_blocks.1.attn1", (10, 6)  # latent 20x12, patch 2
         run = lambda: model(**pixart_inputs(model, batch=2, height=20, width=12))  # noqa: E731
-    _randomize(model)
+    randomize_blocks(model, seed=1)
     layer = dict(dd.iter_deltaconv_modules(model))[name]
     store = _capture(layer)
     with torch.no_grad():

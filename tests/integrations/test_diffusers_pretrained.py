@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
+from converted import randomize_blocks, released_state  # noqa: E402
 from tiny_models import (  # noqa: E402
     pixart_inputs,
     tiny_dit,
@@ -27,17 +29,10 @@ from tiny_models import (  # noqa: E402
 )
 
 from deltaconv_kernels.integrations import diffusers as dd  # noqa: E402
-from deltaconv_kernels.integrations.diffusers_checkpoint import CheckpointError  # noqa: E402
+from deltaconv_kernels.integrations.diffusers.files import CheckpointError  # noqa: E402
 
 NO_TEXT = dict(text_encoder=None, tokenizer=None)
 SD_NONE = dict(NO_TEXT, safety_checker=None, feature_extractor=None)
-
-
-def _randomize_blocks(model, seed=5):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in dd.deltaconv_parameters(model):
-            p.copy_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.2)
 
 
 def _run_model(model):
@@ -76,14 +71,14 @@ PIPES = {"sd15": lambda: tiny_sd_pipeline("sd15"), "sdxl": lambda: tiny_sd_pipel
 def _converted_model(kind, keep_attention=False):
     model = MODELS[kind]()
     dd.convert(model, kernel_sizes=3, keep_attention=keep_attention)
-    _randomize_blocks(model)
+    randomize_blocks(model, seed=5)
     return model
 
 
 def _converted_pipe(kind):
     pipe = PIPES[kind]()
     dd.convert(pipe, kernel_sizes=3)
-    _randomize_blocks(pipe)
+    randomize_blocks(pipe, seed=5)
     return pipe
 
 
@@ -135,6 +130,37 @@ def test_pipeline_folder_round_trip(tmp_path, kind):
     torch.testing.assert_close(_run_pipe(loaded), ref, rtol=0, atol=0)
     half = dd.from_pretrained(tmp_path / "p", torch_dtype=torch.bfloat16, **_pipe_kwargs(pipe))
     assert dd.resolve_denoiser(half).dtype == torch.bfloat16 and half.vae.dtype == torch.bfloat16
+
+
+def _deprecations(record) -> list[str]:
+    return [f"{w.category.__name__}: {w.message}" for w in record
+            if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+
+
+def test_dtype_and_its_alias_raise_no_deprecation_warning(tmp_path):
+    # The installed diffusers deprecates `torch_dtype` for `dtype` (from 0.42); our from_pretrained takes either
+    # spelling and passes it the way the installed diffusers wants, so no deprecation warning comes from our calls.
+    from diffusers import DiffusionPipeline
+
+    from deltaconv_kernels.integrations.diffusers.sites import dtype_kwarg
+
+    pipe = _converted_pipe("dit")
+    dd.save_pretrained(pipe, tmp_path / "p")
+    for kwargs in ({"dtype": torch.bfloat16}, {"torch_dtype": torch.bfloat16}):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            loaded = dd.from_pretrained(tmp_path / "p", **kwargs)
+            model = dd.from_pretrained(tmp_path / "p" / "transformer", **kwargs)
+        assert _deprecations(record) == [], kwargs
+        assert loaded.transformer.dtype == torch.bfloat16 and loaded.vae.dtype == torch.bfloat16
+        assert model.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="not both"):
+        dd.from_pretrained(tmp_path / "p", dtype=torch.float16, torch_dtype=torch.float16)
+    if "dtype" in dtype_kwarg(torch.bfloat16):  # the check above can fail: diffusers' own old spelling warns
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            DiffusionPipeline.from_pretrained(tmp_path / "p", transformer=model, torch_dtype=torch.bfloat16)
+        assert any("torch_dtype" in w for w in _deprecations(record))
 
 
 def test_from_pretrained_errors(tmp_path):
@@ -219,10 +245,9 @@ def test_hub_repo_ids_offline(tmp_path, offline_hub):
 
 def test_import_released_repo_id(tmp_path, offline_hub):
     from safetensors.torch import save_file
-    from test_diffusers_checkpoint import _released_state
     model = _converted_model("pixart")
     (tmp_path / "rel").mkdir()
-    save_file(_released_state(model), str(tmp_path / "rel" / "model.safetensors"))
+    save_file(released_state(model), str(tmp_path / "rel" / "model.safetensors"))
     _fill_cache(offline_hub, "lab/released", tmp_path / "rel")
     fresh = tiny_pixart()
     dd.import_released(fresh, "lab/released", gate=model.transformer_blocks[0].attn1.block.gate)
@@ -309,9 +334,8 @@ def test_pipeline_offload_matches(how):
 
 def test_import_released_into_converted_model(tmp_path):
     from safetensors.torch import save_file
-    from test_diffusers_checkpoint import _released_state
     source = _converted_model("sd15")
-    save_file(_released_state(source), str(tmp_path / "rel.safetensors"))
+    save_file(released_state(source), str(tmp_path / "rel.safetensors"))
     target = tiny_unet("sd15")
     dd.convert(target, kernel_sizes=3)  # same structure, other (random) block weights
     assert dd.import_released(target, tmp_path / "rel.safetensors") is None

@@ -11,6 +11,7 @@ import inspect
 import torch
 from torch import nn
 
+import deltaconv_kernels.integrations.diffusers.sites as dm
 from deltaconv_kernels.baselines import (
     DiTFastAttnAttention,
     LinFusionAttention,
@@ -18,8 +19,7 @@ from deltaconv_kernels.baselines import (
     NeighborhoodAttention,
     SDPASelfAttention,
 )
-from deltaconv_kernels.integrations import diffusers_models as dm
-from deltaconv_kernels.integrations.diffusers_attention import DistillableAttention, SpatialSize, attach_size_hook
+from deltaconv_kernels.integrations.diffusers.attention import DistillableAttention, SpatialSize, attach_size_hook
 
 METHODS = {
     "sdpa": SDPASelfAttention,

@@ -59,7 +59,7 @@ def detach_size_hooks(model) -> None:
 
 
 def attach_size_hook(site) -> SpatialSize:
-    """The SpatialSize of a `diffusers_models.Site`'s owner, registering its hook once (layers share owners)."""
+    """The SpatialSize of a `sites.Site`'s owner, registering its hook once (layers share owners)."""
     owner = site.owner
     size = owner.__dict__.get("_deltaconv_size")
     if size is None:

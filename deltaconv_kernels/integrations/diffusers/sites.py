@@ -1,4 +1,6 @@
-"""Which diffusers models are supported, where their self-attention layers sit, and the default kernel sizes.
+"""Which diffusers models are supported (`SUPPORTED`, the one list: conversion, checkpoints and the analysis check
+against it, the distillation takes a subset of it), where their self-attention layers sit, the default kernel
+sizes, and the dtype argument diffusers' loaders want.
 
 A *site* is one `BasicTransformerBlock` whose `attn1` is self-attention. Its layer name is the module path of
 that `attn1` relative to the denoiser (e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1`); reports,
@@ -15,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 try:
+    import diffusers
     from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, UNet2DConditionModel
     from diffusers.models.attention import BasicTransformerBlock
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
@@ -55,6 +58,16 @@ ARCHITECTURE_KEYS = {
 def require_diffusers() -> None:
     if _IMPORT_ERROR is not None:
         raise ImportError(f"deltaconv_kernels.integrations.diffusers needs the `diffusers` package: {_IMPORT_ERROR}")
+
+
+def dtype_kwarg(dtype) -> dict:
+    """The dtype argument of a diffusers `from_pretrained` as the installed diffusers wants it: `dtype=` from 0.42
+    on (which deprecates `torch_dtype`), `torch_dtype=` before. Empty for None (each keeps its default)."""
+    if dtype is None:
+        return {}
+    require_diffusers()
+    major, minor = (int(p) for p in diffusers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (0, 42) else {"torch_dtype": dtype}
 
 
 @dataclass(frozen=True)

@@ -10,82 +10,24 @@ b2bd847, a depthwise bias per stage) is refused with an error naming it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+import deltaconv_kernels.integrations.diffusers.sites as dm
 from deltaconv_kernels import validation
-from deltaconv_kernels.integrations import diffusers_models as dm
-from deltaconv_kernels.integrations.diffusers_attention import DeltaConvAttention
-from deltaconv_kernels.integrations.diffusers_checkpoint import (
+from deltaconv_kernels.integrations.diffusers.attention import DeltaConvAttention
+from deltaconv_kernels.integrations.diffusers.conversion import ConversionReport, convert
+from deltaconv_kernels.integrations.diffusers.files import (
     CheckpointError,
     check_tensor_values,
     check_tensors,
-    copy_block_weights,
     expected_shapes,
-    read_weights,
+    read_state_dict,
 )
-from deltaconv_kernels.integrations.diffusers_convert import ConversionReport, convert, converted_layers
-from deltaconv_kernels.integrations.diffusers_hub import local_path
+from deltaconv_kernels.integrations.diffusers.hub import local_path
+from deltaconv_kernels.integrations.diffusers.layers import converted_layers, copy_block_weights
 
 MARKER = ".conv1."
-SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _RENAME = {"conv_up.": "proj_in.", "conv_out.": "proj_out.", "conv_pool.": "pool_proj."}
-
-
-NESTS = ("base", "base_ema")  # older rainbowneko savers: .pt {"base": sd} / {"base_ema": sd}, safetensors "base:<key>"
-
-
-def _unnest(obj: dict, file: Path) -> dict:
-    """The state dict under a rainbowneko `base` / `base_ema` nest (.pt dict entry or safetensors key prefix)."""
-    nested = [n for n in NESTS if isinstance(obj.get(n), dict)]
-    if len(nested) > 1:
-        raise CheckpointError(f"{file}: holds both {nested}: keep one of them in the file (or pass a file with one)")
-    if nested:
-        return obj[nested[0]]
-    prefixes = {k.split(":", 1)[0] for k in obj if isinstance(k, str) and ":" in k and k.split(":", 1)[0] in NESTS}
-    if len(prefixes) > 1:
-        raise CheckpointError(f"{file}: keys carry both prefixes {sorted(prefixes)}: keep one of them in the file")
-    if prefixes:
-        head = prefixes.pop() + ":"
-        return {k[len(head):]: v for k, v in obj.items() if k.startswith(head)}
-    return obj
-
-
-def _load_one(file: Path) -> dict[str, torch.Tensor]:
-    if file.suffix == ".safetensors":
-        obj = read_weights(file)
-    else:
-        try:
-            obj = torch.load(str(file), map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated, not a torch file, or pickled objects beyond tensors
-            raise CheckpointError(f"{file}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
-        for key in ("state_dict", "model", "module"):  # common training-checkpoint wrappers
-            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-                obj = obj[key]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{file}: expected a state dict, got {type(obj).__name__}")
-    return {k: v for k, v in _unnest(obj, file).items() if isinstance(v, torch.Tensor)}
-
-
-def read_state_dict(path) -> dict[str, torch.Tensor]:
-    """Tensors of one file, or of every checkpoint file in a directory (a key in two files is an error)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix in SUFFIXES and f.is_file())
-        if not files:
-            raise CheckpointError(f"{path} holds no checkpoint files ({', '.join(SUFFIXES)})")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise CheckpointError(f"{path} does not exist")
-    merged: dict[str, torch.Tensor] = {}
-    for file in files:
-        for key, t in _load_one(file).items():
-            if key in merged:
-                raise CheckpointError(f"key {key!r} appears in more than one file under {path}")
-            merged[key] = t
-    return merged
 
 
 def _match_block(key_block: str, block_paths: list[str]) -> str | None:

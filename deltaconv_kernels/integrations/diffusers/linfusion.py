@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 
+import deltaconv_kernels.integrations.diffusers.sites as dm
 from deltaconv_kernels.baselines import LinFusionAttention
-from deltaconv_kernels.integrations import diffusers_models as dm
-from deltaconv_kernels.integrations.diffusers_baselines import BaselineAttention, replace_attention
-from deltaconv_kernels.integrations.diffusers_checkpoint import CheckpointError, check_tensor_values
-from deltaconv_kernels.integrations.diffusers_released import read_state_dict
+from deltaconv_kernels.integrations.diffusers.baselines import BaselineAttention, replace_attention
+from deltaconv_kernels.integrations.diffusers.files import CheckpointError, check_tensor_values, read_state_dict
 
 CONFIG_NAME = "config.json"
 _RENAME = {"to_q_.": "phi_q.", "to_k_.": "phi_k."}

@@ -1,5 +1,5 @@
-"""`convert`: swap every self-attention `attn1` of a diffusers denoiser for a `DeltaConvAttention`, plus the
-report and the helpers that walk converted models."""
+"""`convert`: swap every self-attention `attn1` of a diffusers denoiser for a `DeltaConvAttention`, its report,
+`revert`, and `set_attn_processor` for converted models (the walkers of converted models are in `layers`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ from pathlib import Path
 
 from torch import nn
 
+import deltaconv_kernels.integrations.diffusers.sites as dm
 from deltaconv_kernels import validation
-from deltaconv_kernels.integrations import diffusers_models as dm
-from deltaconv_kernels.integrations.diffusers_attention import (
-    MODES,
-    DeltaConvAttention,
-    attach_size_hook,
-    detach_size_hooks,
-)
+from deltaconv_kernels.integrations.diffusers.attention import DeltaConvAttention, attach_size_hook, detach_size_hooks
+from deltaconv_kernels.integrations.diffusers.layers import converted_layers, iter_deltaconv_modules
+from deltaconv_kernels.integrations.diffusers.saving import install_save, uninstall_save
 from deltaconv_kernels.modules import DeltaConvBlock
 
 
@@ -147,45 +144,8 @@ def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None,
                                               attention=attn if keep_attention else None)
         report.layers.append(LayerReport(site.name, site.level, site.factor, _sample_hw(model, site.factor),
                                          blocks[site.name].dim, sizes[site.name], gate))
-    from deltaconv_kernels.integrations.diffusers_pretrained import install_save  # (imports this module)
     install_save(model)  # the model's save_pretrained writes a converted folder, never a partial base model
     return report
-
-
-def iter_deltaconv_modules(model_or_pipeline):
-    """(layer name, DeltaConvAttention) pairs of a converted model, names relative to the denoiser."""
-    model = dm.resolve_denoiser(model_or_pipeline)
-    for name, module in model.named_modules():
-        if isinstance(module, DeltaConvAttention):
-            yield name, module
-
-
-def converted_layers(model_or_pipeline) -> dict[str, DeltaConvAttention]:
-    layers = dict(iter_deltaconv_modules(model_or_pipeline))
-    if not layers:
-        model = dm.resolve_denoiser(model_or_pipeline)
-        raise ValueError(f"{type(model).__name__} is not converted: it has no DeltaConvAttention layers "
-                         "(call convert first)")
-    return layers
-
-
-def set_mode(model_or_pipeline, mode: str) -> None:
-    """Set `.mode` ("student" | "teacher" | "distill") on every converted layer; checks all before changing any."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    layers = converted_layers(model_or_pipeline)
-    if mode != "student":
-        without = [n for n, m in layers.items() if m.attention is None]
-        if without:
-            raise ValueError(f"mode {mode!r} needs the original attention, but {len(without)} layers did not keep "
-                             f"it (e.g. {without[0]}): convert with keep_attention=True")
-    for module in layers.values():
-        module.mode = mode
-
-
-def deltaconv_parameters(model_or_pipeline):
-    """The parameters of the ΔConvBlocks only (not the kept attention, not the rest of the model)."""
-    return [p for _, m in iter_deltaconv_modules(model_or_pipeline) for p in m.block.parameters()]
 
 
 def revert(model_or_pipeline) -> None:
@@ -201,7 +161,6 @@ def revert(model_or_pipeline) -> None:
         parent_name, attr = name.rsplit(".", 1)
         setattr(model.get_submodule(parent_name), attr, module.attention)
     detach_size_hooks(model)
-    from deltaconv_kernels.integrations.diffusers_pretrained import uninstall_save
     uninstall_save(model)
 
 
