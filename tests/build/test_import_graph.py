@@ -80,7 +80,6 @@ def test_not_a_package_is_a_usage_error(tmp_path):
     assert done.returncode == 2 and "no __init__.py" in done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="cycles removed by the redesign branches")
 def test_the_package_has_no_import_cycle():
     done = _run("deltaconv_kernels", cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
