@@ -85,44 +85,135 @@ def tile_coords(pid, map_h, map_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr)
     return b.to(tl.int64), h0 + p // BLOCK_W, w0 + p % BLOCK_W
 
 
+# Adjacent outputs along W that one thread computes per channel vector (docs/DESIGN.md §2, reuse loaded rows across
+# taps): per kernel row it loads and converts the STRIP + K - 1 inputs the strip needs once each, and each feeds every
+# tap that reads it (STRIP * K FMAs per STRIP + K - 1 loads and conversions). `strip_conv` names its 8 accumulators.
+STRIP = tl.constexpr(8)
+
+
+@triton.jit
+def tap_value(ptr, cmask, EVEN_C: tl.constexpr, PACKED: tl.constexpr):
+    """One tap input as fp32: [R, BC] (a masked channel tail unless EVEN_C), or for a bf16 source read as int32
+    words of two channels, [R, BC/2, 2] with channel 2i + k at [.., i, k]."""
+    if PACKED:
+        lo, hi = bf16_pair(tl.load(ptr))
+        return tl.join(lo, hi)
+    elif EVEN_C:
+        return tl.load(ptr).to(tl.float32)
+    else:
+        return tl.load(ptr, mask=cmask[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def tap_weight(ptr, cmask, EVEN_C: tl.constexpr, PACKED: tl.constexpr, BC2: tl.constexpr):
+    """The fp32 weights of one tap, broadcastable against `tap_value` (PACKED: `packed_weight` order, the block's
+    even channels then its odd ones)."""
+    if PACKED:
+        return tl.join(tl.load(ptr), tl.load(ptr + BC2))[None, :, :]
+    elif EVEN_C:
+        return tl.load(ptr)[None, :]
+    else:
+        return tl.load(ptr, mask=cmask, other=0.0)[None, :]
+
+
+@triton.jit
+def strip_conv(row, s_h, w_row, cmask, S_W: tl.constexpr, CI: tl.constexpr, K: tl.constexpr, EVEN_C: tl.constexpr,
+               PACKED: tl.constexpr, R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """K x K depthwise cross-correlation of STRIP = 8 adjacent outputs along W for R strips x a channel block:
+    `row` points (per strip, per channel, or per int32 word when PACKED) at the strip's first input of the first
+    kernel row, `w_row` at the first tap's weights (fp32 [K, K, CI] rows). Per kernel row the sliding window
+    x0..x7 holds 8 converted inputs: each of the 8 + K - 1 inputs is loaded and converted once and feeds the (up to)
+    8 taps that read it. Returns the 8 accumulators (one per strip position), fp32."""
+    if PACKED:
+        a0 = tl.zeros([R, BLOCK_C // 2, 2], dtype=tl.float32)
+    else:
+        a0 = tl.zeros([R, BLOCK_C], dtype=tl.float32)
+    a1 = a0
+    a2 = a0
+    a3 = a0
+    a4 = a0
+    a5 = a0
+    a6 = a0
+    a7 = a0
+    STEP: tl.constexpr = S_W // 2 if PACKED else S_W
+    for _kh in range(K):
+        x0 = tap_value(row, cmask, EVEN_C, PACKED)
+        x1 = tap_value(row + STEP, cmask, EVEN_C, PACKED)
+        x2 = tap_value(row + 2 * STEP, cmask, EVEN_C, PACKED)
+        x3 = tap_value(row + 3 * STEP, cmask, EVEN_C, PACKED)
+        x4 = tap_value(row + 4 * STEP, cmask, EVEN_C, PACKED)
+        x5 = tap_value(row + 5 * STEP, cmask, EVEN_C, PACKED)
+        x6 = tap_value(row + 6 * STEP, cmask, EVEN_C, PACKED)
+        for kw in tl.static_range(K):
+            x7 = tap_value(row + (kw + 7) * STEP, cmask, EVEN_C, PACKED)
+            w = tap_weight(w_row + kw * CI, cmask, EVEN_C, PACKED, BLOCK_C // 2)
+            a0 += x0 * w
+            a1 += x1 * w
+            a2 += x2 * w
+            a3 += x3 * w
+            a4 += x4 * w
+            a5 += x5 * w
+            a6 += x6 * w
+            a7 += x7 * w
+            # Slide the window one input along W (register renaming in the unrolled loop, no moves).
+            x0 = x1
+            x1 = x2
+            x2 = x3
+            x3 = x4
+            x4 = x5
+            x5 = x6
+            x6 = x7
+        row += s_h // 2 if PACKED else s_h
+        w_row += K * CI
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
+def conv_half_tile(row, s_h, w_row, cmask, S_W: tl.constexpr, CI: tl.constexpr, K: tl.constexpr,
+                   EVEN_C: tl.constexpr, PACKED: tl.constexpr, R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """`strip_conv` of one gate half as one [R * 8, BLOCK_C] tile, row r * 8 + s = strip r's position s (the joins
+    and the PACKED reshapes are register-only; the permute and reshape may go through shared memory once, after the
+    loop)."""
+    a0, a1, a2, a3, a4, a5, a6, a7 = strip_conv(row, s_h, w_row, cmask, S_W, CI, K, EVEN_C, PACKED, R, BLOCK_C)
+    t = tl.join(tl.join(tl.join(tl.reshape(a0, [R, BLOCK_C]), tl.reshape(a1, [R, BLOCK_C])),
+                        tl.join(tl.reshape(a2, [R, BLOCK_C]), tl.reshape(a3, [R, BLOCK_C]))),
+                tl.join(tl.join(tl.reshape(a4, [R, BLOCK_C]), tl.reshape(a5, [R, BLOCK_C])),
+                        tl.join(tl.reshape(a6, [R, BLOCK_C]), tl.reshape(a7, [R, BLOCK_C]))))
+    # t[r, c, b, a, z] = position 4z + 2a + b
+    return tl.reshape(tl.permute(t, (0, 4, 3, 2, 1)), [R * 8, BLOCK_C])
+
+
 @triton.jit
 def conv_pair_tile(tile_ptr, s_h, w_ptr, cmask, S_W: tl.constexpr, HALF: tl.constexpr, K: tl.constexpr,
                    EVEN_C: tl.constexpr, PACKED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
                    BLOCK_C: tl.constexpr):
     """Depthwise K x K cross-correlation of a zero-padded channels-last map at one BLOCK_H x BLOCK_W tile, for the
-    channel block at `tile_ptr` ("a") and the block HALF channels further ("g"); two fp32 [BLOCK_P, BLOCK_C] sums.
+    channel block at `tile_ptr` ("a") and the block HALF channels further ("g"); two fp32 [BLOCK_P, BLOCK_C] sums,
+    pixel p = h * BLOCK_W + w.
 
     `tile_ptr` points at padded pixel (h0, w0) (= output pixel (h0, w0) shifted by the K//2 border), channel c0;
     rows are `s_h` elements apart, pixels S_W (constexpr: every tap's offset inside a kernel row is a constant the
     compiler folds into the load). `w_ptr` points at fp32 weights [K, K, 2*HALF] (contiguous), channel c0.
     The padding makes every tap load in bounds: no masks except the channel tail when not EVEN_C.
-    PACKED (bf16 sources): see `conv_pair_tile_bf16`; the weights are then in `packed_weight` order."""
-    if PACKED:
-        return conv_pair_tile_bf16(tile_ptr, s_h, w_ptr, S_W, HALF, K, BLOCK_H, BLOCK_W, BLOCK_C)
-    p = tl.arange(0, BLOCK_H * BLOCK_W)
-    c = tl.arange(0, BLOCK_C)
-    offs = ((p // BLOCK_W) * s_h + (p % BLOCK_W) * S_W)[:, None] + c[None, :]
+    Each thread computes strips of STRIP outputs along W (`strip_conv`; BLOCK_W a multiple of STRIP), the a half
+    then the g half. PACKED (bf16 sources, even channel blocks): the source is read as int32 words of two channels
+    (`bf16_pair`) and the weights come in `packed_weight` order."""
+    NQ: tl.constexpr = BLOCK_W // STRIP
+    R: tl.constexpr = BLOCK_H * NQ
     CI: tl.constexpr = 2 * HALF
-    acc_a = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=tl.float32)
-    acc_g = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=tl.float32)
-    row = tile_ptr + offs
+    r = tl.arange(0, R)
+    strip = (r // NQ) * s_h + (r % NQ) * (STRIP * S_W)
+    if PACKED:
+        c = tl.arange(0, BLOCK_C // 2)
+        row = tile_ptr.to(tl.pointer_type(tl.int32)) + (strip // 2)[:, None] + c[None, :]
+        g_off: tl.constexpr = HALF // 2
+    else:
+        c = tl.arange(0, BLOCK_C)
+        row = tile_ptr + strip[:, None] + c[None, :]
+        g_off: tl.constexpr = HALF
     w_row = w_ptr + c
-    for _kh in range(K):
-        for kw in tl.static_range(K):
-            if EVEN_C:
-                va = tl.load(row + kw * S_W)
-                vg = tl.load(row + (kw * S_W + HALF))
-                wa = tl.load(w_row + kw * CI)
-                wg = tl.load(w_row + (kw * CI + HALF))
-            else:
-                va = tl.load(row + kw * S_W, mask=cmask[None, :], other=0.0)
-                vg = tl.load(row + (kw * S_W + HALF), mask=cmask[None, :], other=0.0)
-                wa = tl.load(w_row + kw * CI, mask=cmask, other=0.0)
-                wg = tl.load(w_row + (kw * CI + HALF), mask=cmask, other=0.0)
-            acc_a += va.to(tl.float32) * wa[None, :]
-            acc_g += vg.to(tl.float32) * wg[None, :]
-        row += s_h
-        w_row += K * CI
+    acc_a = conv_half_tile(row, s_h, w_row, cmask, S_W, CI, K, EVEN_C, PACKED, R, BLOCK_C)
+    acc_g = conv_half_tile(row + g_off, s_h, w_row + HALF, cmask, S_W, CI, K, EVEN_C, PACKED, R, BLOCK_C)
     return acc_a, acc_g
 
 
@@ -133,35 +224,3 @@ def bf16_pair(word):
     lo = (word << 16).to(tl.float32, bitcast=True)
     hi = (word & -65536).to(tl.float32, bitcast=True)
     return lo, hi
-
-
-@triton.jit
-def conv_pair_tile_bf16(tile_ptr, s_h, w_ptr, S_W: tl.constexpr, HALF: tl.constexpr, K: tl.constexpr,
-                        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
-    """`conv_pair_tile` for a bf16 source read as int32 words of two channels (even channel counts and blocks only),
-    accumulating even and odd channels apart; the weights come with each BLOCK_C block as its even channels, then its
-    odd ones (`packed_weight`). Returns the sums in natural channel order."""
-    BC2: tl.constexpr = BLOCK_C // 2
-    CI: tl.constexpr = 2 * HALF
-    p = tl.arange(0, BLOCK_H * BLOCK_W)
-    c = tl.arange(0, BC2)
-    row = tile_ptr.to(tl.pointer_type(tl.int32)) + \
-        ((p // BLOCK_W) * (s_h // 2) + (p % BLOCK_W) * (S_W // 2))[:, None] + c[None, :]
-    w_row = w_ptr + c
-    a0 = tl.zeros([BLOCK_H * BLOCK_W, BC2], dtype=tl.float32)
-    a1 = tl.zeros([BLOCK_H * BLOCK_W, BC2], dtype=tl.float32)
-    g0 = tl.zeros([BLOCK_H * BLOCK_W, BC2], dtype=tl.float32)
-    g1 = tl.zeros([BLOCK_H * BLOCK_W, BC2], dtype=tl.float32)
-    for _kh in range(K):
-        for kw in tl.static_range(K):
-            va0, va1 = bf16_pair(tl.load(row + kw * (S_W // 2)))
-            vg0, vg1 = bf16_pair(tl.load(row + (kw * (S_W // 2) + HALF // 2)))
-            a0 += va0 * tl.load(w_row + kw * CI)[None, :]
-            a1 += va1 * tl.load(w_row + (kw * CI + BC2))[None, :]
-            g0 += vg0 * tl.load(w_row + (kw * CI + HALF))[None, :]
-            g1 += vg1 * tl.load(w_row + (kw * CI + HALF + BC2))[None, :]
-        row += s_h // 2
-        w_row += K * CI
-    acc_a = tl.reshape(tl.join(a0, a1), [BLOCK_H * BLOCK_W, BLOCK_C])
-    acc_g = tl.reshape(tl.join(g0, g1), [BLOCK_H * BLOCK_W, BLOCK_C])
-    return acc_a, acc_g

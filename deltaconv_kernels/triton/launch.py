@@ -24,12 +24,15 @@ interpreter_compat.install()
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# (BLOCK_H, BLOCK_W, num_warps) of the depthwise-conv kernels. Each thread holds a few output pixels times 8 channels
-# of both gate halves; the AOT report (python/aot_report.py) checks every one compiles without spills on sm_80/sm_90.
-CONV_TILES = ((8, 16, 4), (16, 16, 8), (4, 16, 4))
+# (BLOCK_H, BLOCK_W, num_warps) of the depthwise-conv kernels. Each thread computes strips of 8 adjacent outputs along
+# W for a few channels (index_math.strip_conv: BLOCK_W a multiple of 8); 4 warps, so that a 32-channel block of
+# 16 strips gives each thread 4 channels of one strip (8-warp tiles were held to 128 registers and spilled). The AOT
+# report (python/aot_report.py) checks every one compiles without spills on sm_80/sm_90.
+CONV_TILES = ((8, 16, 4), (16, 8, 4), (4, 16, 4))
 # Padded buffers are sized for the largest tile, so any tile of the list can run on them without masks.
 TILE_ALIGN = max(max(bh, bw) for bh, bw, _ in CONV_TILES)
-# Taps of the weight-gradient kernel live in one register tensor [next_pow2(K*K), BLOCK_C]; its channel block:
+# Taps of the weight-gradient kernel live in up to 4 register tensors [pieces[i], BLOCK_C] (`tap_pieces`); its channel
+# block:
 WGRAD_BLOCK_C = 32
 # Tap-times-channel elements a thread of the weight-gradient kernel holds, by the conv input's element size: more
 # amortise the loop, fewer leave registers for the loads (4-byte inputs with 64 spill on sm_80; AOT report).
@@ -96,11 +99,9 @@ def fixed_conv_meta(tile: tuple[int, int, int]) -> dict:
     return {"BLOCK_H": bh, "BLOCK_W": bw, "num_warps": nw, "num_stages": 1}
 
 
-# The backward conv kernels run one fixed tile each (they accumulate or are followed by accumulating kernels).
-# The gate backward of a pooled stage also gathers the upsample gradient: twice the warps for the same tile, or it
-# spills on sm_80 (measured with python/aot_report.py).
+# The backward conv kernels run one fixed tile each (they accumulate or are followed by accumulating kernels),
+# the pooled stage's gate backward (which also gathers the upsample gradient) included.
 FIXED_CONV_META = fixed_conv_meta(CONV_TILES[0])
-UPSAMPLED_GATE_BWD_META = fixed_conv_meta((8, 16, 8))
 
 
 @functools.lru_cache(maxsize=16)
@@ -171,8 +172,23 @@ def spatial_tile(h: int, w: int, channels: int) -> tuple[int, int, int]:
     return bh, bw, min(next_pow2(channels), 32)
 
 
+def tap_pieces(taps: int) -> tuple[int, int, int, int]:
+    """Power-of-two tap counts (a Triton tensor's sizes are powers of two) whose sum covers `taps`: the largest that
+    fits, three times, then the remainder rounded up; 0 for an unused piece. K = 13: 128 + 32 + 8 + 1 = 169
+    (no padded taps; one tensor of next_pow2(169) = 256 taps wasted 34%)."""
+    pieces, rest = [], taps
+    while rest and len(pieces) < 3:
+        pieces.append(1 << (rest.bit_length() - 1))
+        rest -= pieces[-1]
+    if rest:
+        pieces.append(next_pow2(rest))
+    return tuple(pieces + [0] * (4 - len(pieces)))
+
+
 def wgrad_warps(taps: int, block_c: int, element_size: int) -> int:
-    return max(1, min(8, taps * block_c // (32 * WGRAD_PER_THREAD[element_size])))
+    """Warps of the weight-gradient kernel: about WGRAD_PER_THREAD elements a thread, a power of two up to 8."""
+    warps = max(1, min(8, taps * block_c // (32 * WGRAD_PER_THREAD[element_size])))
+    return 1 << (warps.bit_length() - 1)
 
 
 def split_count(work_items: int, blocks: int, device: torch.device, min_per_split: int) -> int:

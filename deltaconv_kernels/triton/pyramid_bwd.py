@@ -7,8 +7,9 @@ Per stage, on the stage's zero-bordered conv input `src` (`pyramid_fwd.stage_sou
   2. input backward: the same conv kernel with the kernel flipped, on gd (the border makes it unmasked too);
      s = 1 adds it to grad_u, s < 1 writes the low-res gradient that the pool backward spreads into grad_u;
   3. weight gradient: each program owns a band of rows of one image and a channel block, holds all K*K taps of
-     its block in registers, and writes one fp32 partial [taps, Ci]; the partials are summed in a fixed order by
-     one torch reduction. No atomics anywhere: the results are bit-reproducible.
+     its block in registers (in power-of-two pieces that sum to K*K: no padded taps at K = 13), and writes one fp32
+     partial [taps, Ci]; the partials are summed in a fixed order by one torch reduction. No atomics anywhere: the
+     results are bit-reproducible.
 grad_out is read through its strides: it is a channel slice of the concat gradient (the released code's bug).
 """
 
@@ -50,19 +51,22 @@ def _gate_bwd_kernel(src_ptr, s_b, s_h, w_ptr, g_ptr, g_b, g_h, g_w, g_c, gd_ptr
     g_base = g_ptr + b64 * g_b + ca.to(tl.int64)[None, :] * g_c
     if UPSAMPLED:
         # The output rows that reach row oh (span_h of them at most, exact on the host), the same for columns.
-        y_lo = first_reaching_row(oh, map_h, out_h)
-        x_lo = first_reaching_row(ow, map_w, out_w)
+        # The index math runs on [BLOCK_P, 1] columns of the gathered tile's own layout: nothing inside the loops
+        # changes layout (a 1-D pixel vector broadcast per tap went through shared memory, with barriers).
+        oh2 = oh[:, None]
+        ow2 = ow[:, None]
+        y_lo = first_reaching_row(oh2, map_h, out_h)
+        x_lo = first_reaching_row(ow2, map_w, out_w)
         gz = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=tl.float32)
         for dy in range(0, span_h):
             y = y_lo + dy
-            wy = tl.where(y < out_h, bilinear_weight(y, oh, map_h, out_h), 0.0)
+            wy = tl.where(y < out_h, bilinear_weight(y, oh2, map_h, out_h), 0.0)
             y_off = y.to(tl.int64) * g_h
             for dx in range(0, span_w):
                 x = x_lo + dx
-                wt = wy * tl.where(x < out_w, bilinear_weight(x, ow, map_w, out_w), 0.0)
-                v = tl.load(g_base + (y_off + x.to(tl.int64) * g_w)[:, None], mask=m & (wt != 0.0)[:, None],
-                            other=0.0)
-                gz += v.to(tl.float32) * wt[:, None]
+                wt = wy * tl.where(x < out_w, bilinear_weight(x, ow2, map_w, out_w), 0.0)
+                v = tl.load(g_base + (y_off + x.to(tl.int64) * g_w), mask=m & (wt != 0.0), other=0.0)
+                gz += v.to(tl.float32) * wt
     else:
         gz = tl.load(g_base + (oh.to(tl.int64) * g_h + ow.to(tl.int64) * g_w)[:, None], mask=m,
                      other=0.0).to(tl.float32)
@@ -105,12 +109,34 @@ def _conv_input_bwd_kernel(src_ptr, s_b, s_h, w_ptr, out_ptr, o_b, o_h, o_w, map
 
 
 @triton.jit
+def _tap_offsets(T0: tl.constexpr, T: tl.constexpr, K: tl.constexpr, s_h, S_W: tl.constexpr, c):
+    """Source offsets [T, BLOCK_C] of taps T0 .. T0 + T - 1 (a tap past K*K re-reads the last one, not stored)."""
+    t = tl.minimum(T0 + tl.arange(0, T), K * K - 1)
+    return ((t // K) * s_h + (t % K) * S_W)[:, None] + c[None, :]
+
+
+@triton.jit
+def _tap_products(src_px, offs, g, cmask, EVEN_C: tl.constexpr):
+    if EVEN_C:
+        v = tl.load(src_px + offs)
+    else:
+        v = tl.load(src_px + offs, mask=cmask[None, :], other=0.0)
+    return v.to(tl.float32) * g[None, :]
+
+
+@triton.jit
+def _store_taps(part, acc, T0: tl.constexpr, T: tl.constexpr, K: tl.constexpr, CI: tl.constexpr, c, cmask):
+    tap = T0 + tl.arange(0, T)
+    tl.store(part + tap[:, None] * CI + c[None, :], acc, mask=(tap < K * K)[:, None] & cmask[None, :])
+
+
+@triton.jit
 def _weight_grad_kernel(gd_ptr, d_b, d_h, src_ptr, s_b, s_h, part_ptr, map_w, map_h, rows_per_split, splits,
-                        S_W: tl.constexpr, CI: tl.constexpr, K: tl.constexpr, TAPS: tl.constexpr,
-                        EVEN_C: tl.constexpr, BLOCK_C: tl.constexpr):
+                        S_W: tl.constexpr, CI: tl.constexpr, K: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
+                        T3: tl.constexpr, T4: tl.constexpr, EVEN_C: tl.constexpr, BLOCK_C: tl.constexpr):
     """part[b * splits + split, tap, c] = sum over the pixels q of rows [split * rows_per_split, ...) of image b of
-    gd[q, c] * src[q + tap, c]. All K*K taps of the channel block accumulate at once in a [TAPS, BLOCK_C] register
-    tile (TAPS = K*K rounded up to a power of two; the extra rows re-read the last tap and are not stored).
+    gd[q, c] * src[q + tap, c]. The K*K taps of the channel block accumulate at once in up to four register tiles
+    [T_i, BLOCK_C] of consecutive taps (`launch.tap_pieces`: powers of two summing to K*K, or just above it).
     gd and src are zero-bordered with pixel stride S_W = CI; gd's interior starts at (K//2, K//2)."""
     pid = tl.program_id(0)
     b = (pid // splits).to(tl.int64)
@@ -118,30 +144,47 @@ def _weight_grad_kernel(gd_ptr, d_b, d_h, src_ptr, s_b, s_h, part_ptr, map_w, ma
     y1 = tl.minimum(y0 + rows_per_split, map_h)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < CI
-    t = tl.minimum(tl.arange(0, TAPS), K * K - 1)
-    offs = ((t // K) * s_h + (t % K) * S_W)[:, None] + c[None, :]
     P: tl.constexpr = K // 2
-    src_row = src_ptr + b * s_b + y0.to(tl.int64) * s_h + offs
+    src_row = src_ptr + b * s_b + y0.to(tl.int64) * s_h
     gd_row = gd_ptr + b * d_b + (y0 + P).to(tl.int64) * d_h + (P * S_W) + c
-    acc = tl.zeros([TAPS, BLOCK_C], dtype=tl.float32)
+    offs1 = _tap_offsets(0, T1, K, s_h, S_W, c)
+    acc1 = tl.zeros([T1, BLOCK_C], dtype=tl.float32)
+    if T2 > 0:
+        offs2 = _tap_offsets(T1, T2, K, s_h, S_W, c)
+        acc2 = tl.zeros([T2, BLOCK_C], dtype=tl.float32)
+    if T3 > 0:
+        offs3 = _tap_offsets(T1 + T2, T3, K, s_h, S_W, c)
+        acc3 = tl.zeros([T3, BLOCK_C], dtype=tl.float32)
+    if T4 > 0:
+        offs4 = _tap_offsets(T1 + T2 + T3, T4, K, s_h, S_W, c)
+        acc4 = tl.zeros([T4, BLOCK_C], dtype=tl.float32)
     for _y in range(y0, y1):
         src_px = src_row
         gd_px = gd_row
         for _x in range(0, map_w):
             if EVEN_C:
                 g = tl.load(gd_px)
-                v = tl.load(src_px)
             else:
                 g = tl.load(gd_px, mask=cmask, other=0.0)
-                v = tl.load(src_px, mask=cmask[None, :], other=0.0)
-            acc += v.to(tl.float32) * g[None, :]
+            acc1 += _tap_products(src_px, offs1, g, cmask, EVEN_C)
+            if T2 > 0:
+                acc2 += _tap_products(src_px, offs2, g, cmask, EVEN_C)
+            if T3 > 0:
+                acc3 += _tap_products(src_px, offs3, g, cmask, EVEN_C)
+            if T4 > 0:
+                acc4 += _tap_products(src_px, offs4, g, cmask, EVEN_C)
             src_px += S_W
             gd_px += S_W
         src_row += s_h
         gd_row += d_h
-    tap = tl.arange(0, TAPS)
-    out = part_ptr + (pid.to(tl.int64) * (K * K) + tap)[:, None] * CI + c[None, :]
-    tl.store(out, acc, mask=(tap < K * K)[:, None] & cmask[None, :])
+    part = part_ptr + pid.to(tl.int64) * (K * K) * CI
+    _store_taps(part, acc1, 0, T1, K, CI, c, cmask)
+    if T2 > 0:
+        _store_taps(part, acc2, T1, T2, K, CI, c, cmask)
+    if T3 > 0:
+        _store_taps(part, acc3, T1 + T2, T3, K, CI, c, cmask)
+    if T4 > 0:
+        _store_taps(part, acc4, T1 + T2 + T3, T4, K, CI, c, cmask)
 
 
 @triton.jit
@@ -183,8 +226,8 @@ def weight_grad(gd: torch.Tensor, src: torch.Tensor, k: int, map_h: int, map_w: 
     b, ci = gd.shape[0], gd.shape[-1]
     block_c = launch.channel_block(ci, launch.WGRAD_BLOCK_C)
     n_cb = launch.cdiv(ci, block_c)
-    taps = launch.next_pow2(k * k)
-    warps = launch.wgrad_warps(taps, block_c, src.element_size())
+    pieces = launch.tap_pieces(k * k)
+    warps = launch.wgrad_warps(sum(pieces), block_c, src.element_size())
     # Enough warps to fill the GPU (counted in 4-warp programs: small programs get more splits), each split summing
     # at least ~256 pixels before it writes its partial.
     splits = launch.split_count(map_h, max(1, b * n_cb * warps // 4), gd.device, launch.cdiv(256, map_w))
@@ -193,7 +236,8 @@ def weight_grad(gd: torch.Tensor, src: torch.Tensor, k: int, map_h: int, map_w: 
     part = torch.empty((b * splits, k * k, ci), dtype=torch.float32, device=gd.device)
     launch.run(_weight_grad_kernel, (b * splits, n_cb), gd, gd.stride(0), gd.stride(1), src, src.stride(0),
                src.stride(1), part, map_w, map_h, rows, splits, S_W=src.stride(2), CI=ci, K=k,
-               TAPS=taps, EVEN_C=ci % block_c == 0, BLOCK_C=block_c, num_warps=warps)
+               T1=pieces[0], T2=pieces[1], T3=pieces[2], T4=pieces[3], EVEN_C=ci % block_c == 0, BLOCK_C=block_c,
+               num_warps=warps)
     return part.sum(dim=0).view(k, k, ci)
 
 
@@ -204,7 +248,7 @@ def _stage_backward(grad_out, u, weight, low_h, low_w, sigmoid_gate, gate_scale,
     pooled = (low_h, low_w) != (h, w)
     src = stage_source(u, k, low_h, low_w)
     meta = conv_meta(src, k)
-    gate_tile = launch.UPSAMPLED_GATE_BWD_META if pooled else launch.FIXED_CONV_META
+    gate_tile = launch.FIXED_CONV_META
     gd = padded_buffer(b, low_h, low_w, ci, k, torch.float32, u.device)
     span_h, span_w = (launch.upsample_span(low_h, h), launch.upsample_span(low_w, w)) if pooled else (1, 1)
     launch.run(_gate_bwd_kernel, _conv_grid(b, low_h, low_w, meta, gate_tile), src, src.stride(0), src.stride(1),
