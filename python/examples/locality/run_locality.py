@@ -102,7 +102,8 @@ def get_teacher(out: Path, crops, labels, cfg: dict, log):
                 {**state["info"], "reused": True}
     model, embed, info = train_teacher(lambda: build_teacher(cfg), build_embed, crops, labels,
                                        steps=cfg["teacher_steps"], batch=cfg["teacher_batch"], lr=cfg["teacher_lr"],
-                                       max_seconds=cfg["teacher_seconds"], log_every=50 if cfg is FULL else 1,
+                                       max_seconds=cfg["teacher_seconds"],
+                                       log_every=1 if cfg["teacher_steps"] < 50 else 50,
                                        augment=flip_augment)
     torch.save({"key": key, "model": model.state_dict(), "embed": embed.state_dict(), "info": info}, path)
     log(f"teacher: trained {info['steps']} steps in {info['seconds']:.0f}s, final loss {info['final_loss']:.4f}")
@@ -240,9 +241,21 @@ def cost_rows(teacher, students: dict, kernel_sizes: dict, nb_kernels: dict, cfg
     return rows
 
 
+def configure(smoke: bool, overrides: list[str]) -> dict:
+    """FULL (or SMOKE) with `KEY=VALUE` overrides (a reduced run says what it reduced: `metrics["reduced"]`)."""
+    base = SMOKE if smoke else FULL
+    cfg = dict(base)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key not in base or not value:
+            raise SystemExit(f"run_locality.py: error: --set {item!r}: expected KEY=VALUE, KEY one of {sorted(base)}")
+        cfg[key] = type(base[key])(value)
+    return cfg
+
+
 def run(out: Path, smoke: bool = False, threads: int = 1, plots: Path | None = None, results: Path | None = None,
-        seed: int = 0, command: str | None = None) -> dict:
-    cfg = SMOKE if smoke else FULL
+        seed: int = 0, command: str | None = None, overrides: list[str] = (), teacher_only: bool = False) -> dict:
+    cfg = configure(smoke, list(overrides))
     t_start, log = start_run(out, threads)
 
     sources = load_sources(cfg["short_side"])
@@ -250,6 +263,8 @@ def run(out: Path, smoke: bool = False, threads: int = 1, plots: Path | None = N
     log(f"data: {len(sources)} sources, {crops.shape[0]} crops of {cfg['crop']}x{cfg['crop']}")
     teacher, embed, teacher_info = get_teacher(out, crops, labels, cfg, log)
     clf, clf_acc = get_classifier(out, sources, cfg, seed, log)
+    if teacher_only:
+        return {"teacher": teacher_info, "classifier_accuracy": clf_acc}
     analysis = run_analysis(out, teacher, embed, crops, labels, cfg, seed, log)
     k_star = analysis["kernel_sizes"]
 
@@ -468,10 +483,14 @@ def main(argv=None) -> int:
                    "machine one thread ran these small models several times faster than two)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="toy sizes, for CI")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one entry of the configuration (a reduced run; repeatable)")
+    p.add_argument("--teacher-only", action="store_true", help="train (or check) the cached teacher and classifier, "
+                   "then stop")
     a = p.parse_args(argv)
     command = "python python/examples/locality/run_locality.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    run(a.out, a.smoke, a.threads, a.plots, a.results, a.seed, command)
+    run(a.out, a.smoke, a.threads, a.plots, a.results, a.seed, command, a.set, a.teacher_only)
     return 0
 
 
