@@ -85,6 +85,12 @@ SMOKE = dict(short_side=40, crop=32, pool=64, clf_pool=64, hidden=16, layers=2, 
 TEACHER_ROW = "teacher (self-attention)"
 INITS = ("random", "attention", "attention+fit")  # how the ΔConv students start (docs/DESIGN.md §10)
 FEATURE_STEPS = (20, 60, 150)  # besides 0 and the last step: when the students' feature error is measured
+# The teacher of the init measurement (benchmarks/RESULTS.md), trained by
+#   python python/examples/locality/run_locality.py --teacher-only --out <work folder> \
+#       --set teacher_steps=400 --set teacher_batch=16 --set teacher_seconds=1500
+# and copied from <work folder>/teacher.pt; used when its key matches the run's configuration.
+CACHED_TEACHER = Path(__file__).resolve().parent / "cached_teacher.pt"
+CACHED_TEACHER_SETTINGS = ("teacher_steps=400", "teacher_batch=16", "teacher_seconds=1500")
 PLOT_NAMES = ("mass.png", "mass_highpass.png", "erf.png", "attention_maps.png")
 
 
@@ -96,18 +102,27 @@ def build_teacher(cfg: dict):
     return build_pixart(3, cfg["crop"], cfg["hidden"], cfg["layers"], cfg["heads"], CAPTION_CHANNELS)
 
 
+def teacher_key(cfg: dict) -> dict:
+    """What a cached teacher must have been trained with to be reused."""
+    return {**arch(cfg), **{k: cfg[k] for k in ("teacher_steps", "teacher_batch", "teacher_lr", "pool")},
+            "prediction_type": PREDICTION_TYPE}
+
+
 def get_teacher(out: Path, crops, labels, cfg: dict, log):
+    """The teacher cached in `out`, else the one cached in the repository (`CACHED_TEACHER`) when its key matches
+    the configuration, else a freshly trained one (cached in `out`)."""
     path = out / "teacher.pt"
-    key = {**arch(cfg), **{k: cfg[k] for k in ("teacher_steps", "teacher_batch", "teacher_lr", "pool")},
-           "prediction_type": PREDICTION_TYPE}
+    key = teacher_key(cfg)
     build_embed = lambda: ClassEmbedding(len(SOURCES), PROMPT_TOKENS, CAPTION_CHANNELS)  # noqa: E731
-    if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    for cached in (path, CACHED_TEACHER):
+        if not cached.is_file():
+            continue
+        state = torch.load(cached, map_location="cpu", weights_only=True)
         if state["key"] == key:
             model, embed = build_teacher(cfg), build_embed()
             model.load_state_dict(state["model"])
             embed.load_state_dict(state["embed"])
-            log(f"teacher: reused {path}")
+            log(f"teacher: reused {cached.name}" + (" (cached in the repository)" if cached == CACHED_TEACHER else ""))
             return model.eval().requires_grad_(False), embed.eval().requires_grad_(False), \
                 {**state["info"], "reused": True}
     model, embed, info = train_teacher(lambda: build_teacher(cfg), build_embed, crops, labels,
