@@ -280,7 +280,8 @@ def configure(smoke: bool, overrides: list[str]) -> dict:
 
 
 def run(out: Path, smoke: bool = False, threads: int = 1, plots: Path | None = None, results: Path | None = None,
-        seed: int = 0, command: str | None = None, overrides: list[str] = (), teacher_only: bool = False) -> dict:
+        seed: int = 0, command: str | None = None, overrides: list[str] = (), teacher_only: bool = False,
+        title: str = "Locality proof") -> dict:
     cfg = configure(smoke, list(overrides))
     t_start, log = start_run(out, threads)
 
@@ -319,7 +320,7 @@ def run(out: Path, smoke: bool = False, threads: int = 1, plots: Path | None = N
         if getattr(report, "init", None):
             init_records[label] = report.init
         if train:
-            slug = "".join(ch if ch.isalnum() else "_" for ch in label.split(" (")[0])
+            slug = "".join(ch if ch.isalnum() else "_" for ch in label)  # one folder per student
             log_errors = FeatureErrorLog(model, measure, feature_steps)
             log_errors.record(0)
             untrained[label] = copy.deepcopy(model)
@@ -443,7 +444,7 @@ def run(out: Path, smoke: bool = False, threads: int = 1, plots: Path | None = N
             plot_losses([{"step": s, "loss": v} for s, v in teacher_info["curve"]], plots / "locality_teacher_loss.png",
                         title="locality teacher: Min-SNR-weighted v-prediction loss")
     if results is not None:
-        write_results(results, metrics, plots)
+        write_results(results, metrics, plots, title)
     log(f"done in {metrics['total_seconds']:.0f}s: checks {checks}")
     return metrics
 
@@ -452,11 +453,11 @@ def _fmt(v, spec):
     return "—" if v is None or (isinstance(v, float) and math.isinf(v)) else format(v, spec)
 
 
-def section(m: dict, plots: Path | None) -> str:
+def section(m: dict, plots: Path | None, title: str = "Locality proof") -> str:
     cfg, t, a = m["config"], m["teacher"], m["analysis"]
     side = cfg["crop"] // 2
     lines = [
-        "## Locality proof",
+        f"## {title}",
         "",
         f"The paper's workflow on a teacher trained here, at a {side}x{side} token map (issue 16). Data: random "
         f"{cfg['crop']}x{cfg['crop']} crops with flips of the {len(m['sources'])} images of `skimage.data` whose files "
@@ -560,15 +561,15 @@ def section(m: dict, plots: Path | None) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, m: dict, plots: Path | None) -> None:
-    """Put the section at the end of `path`, replacing an earlier "## Locality proof" section."""
+def write_results(path: Path, m: dict, plots: Path | None, title: str = "Locality proof") -> None:
+    """Put the section at the end of `path`, replacing an earlier section of the same title."""
     text = path.read_text() if path.is_file() else ""
-    marker = "\n## Locality proof\n"
+    marker = f"\n## {title}\n"
     if marker in "\n" + text:
         head, _, tail = ("\n" + text).partition(marker)
         rest = tail.split("\n## ", 1)
         text = (head + ("\n## " + rest[1] if len(rest) > 1 else "")).lstrip("\n")
-    text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section(m, plots)
+    text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section(m, plots, title)
     path.write_text(text)
 
 
@@ -577,6 +578,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("/tmp/deltaconv_locality"), help="work folder (caches)")
     p.add_argument("--plots", type=Path, default=None, help="write the PNGs (locality_*.png) here")
     p.add_argument("--results", type=Path, default=None, help="put the markdown section at the end of this file")
+    p.add_argument("--title", default="Locality proof", help="the section's title (an earlier section of that "
+                   "title is replaced)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on the shared 2-core "
                    "machine one thread ran these small models several times faster than two)")
     p.add_argument("--seed", type=int, default=0)
@@ -588,7 +591,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     command = "python python/examples/locality/run_locality.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    run(a.out, a.smoke, a.threads, a.plots, a.results, a.seed, command, a.set, a.teacher_only)
+    run(a.out, a.smoke, a.threads, a.plots, a.results, a.seed, command, a.set, a.teacher_only, a.title)
     return 0
 
 
