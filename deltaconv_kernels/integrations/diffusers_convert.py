@@ -128,7 +128,7 @@ def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None,
         init: "random" (kaiming, as released), "attention" or "attention+fit" (start next to the attention, from
             `calibration`: model inputs or a `deltaconv analyze` folder; see `distill.initialise`).
     """
-    from deltaconv_kernels.distill.initialise import check_init, initialise  # (imports this module)
+    from deltaconv_kernels.distill.initialise import check_init, initialise  # (at call time: it imports this module)
     check_init(init, calibration)
     model = dm.resolve_denoiser(model_or_pipeline)
     if any(isinstance(m, DeltaConvAttention) for m in model.modules()):
