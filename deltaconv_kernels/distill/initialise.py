@@ -7,7 +7,7 @@ calibration=...)` calls `initialise` on the freshly converted model (attention k
 - "attention+fit": the closed form, then `fit.fit_output_projections` (step 0 of distillation).
 
 `calibration` is what the statistics come from: a callable `run(model)` that calls the model (e.g. on real
-latents noised to several timesteps), a list of keyword-argument dicts (`model(**d)` for each), or the folder
+latents noised to several timesteps), a keyword-argument dict or a list of them (`model(**d)` for each), or the folder
 (or file) `deltaconv analyze` wrote its `attention_statistics.safetensors` into. With model inputs the init's
 feature error on them is measured and an init that does worse than a block outputting zeros is warned about
 and recorded; the fit needs model inputs.
@@ -49,6 +49,8 @@ def runner(calibration) -> Callable[[torch.nn.Module], None]:
     """`run(model)` for model-input calibration: the callable itself, or one call per keyword-argument dict."""
     if callable(calibration):
         return calibration
+    if isinstance(calibration, dict):  # one input
+        calibration = [calibration]
     if isinstance(calibration, (list, tuple)) and calibration and all(isinstance(d, dict) for d in calibration):
         def run(model):
             for kwargs in calibration:
