@@ -143,12 +143,13 @@ def closed_form_init(block: DeltaConvBlock, stats: LayerStatistics, m: torch.Ten
     full = full_resolution_stage(block, name)
     half = block.inner_dim // 2
     beta = 1.0 - float(kernel.sum())
-    p, q, kept = whitened_svd(m.double(), stats.second_moment.double().to(m.device), half)
+    m, c = m.detach().double().cpu(), c.detach().double().cpu()  # the math on the CPU; copy_ moves the results
+    p, q, kept = whitened_svd(m, stats.second_moment.double().cpu(), half)
     g_bias, out_factor = gate_start(block)
     dead = q.abs().sum(0) == 0  # beyond rank(M L): keep their random proj_in rows so they can start learning
 
     in_w, in_b = block.proj_in.weight, block.proj_in.bias
-    new_in = in_w.detach().double().clone()
+    new_in = in_w.detach().double().cpu().clone()
     new_in[:half][~dead] = p[~dead].to(new_in)
     new_in[half:] = 0
     in_w.copy_(new_in)

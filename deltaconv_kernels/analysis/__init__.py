@@ -7,6 +7,7 @@
 
 Modules: `capture` (hooks on attn1, sampled-query chunked softmax), `locality` (M(k), dM/dk, Butterworth
 high-pass, ERF), `aggregate` (running averages), `recommend` (kernel-size rule), `pipeline` (inputs, timesteps,
-report/JSON), `plots`, `tiny` (random demo models), `cli` (`deltaconv analyze`). Nothing is imported here so that
-`locality` stays usable without diffusers.
+report/JSON), `plots`, `tiny` (random demo models), `attention_stats` (mean relative pattern and input second
+moment for the attention-informed init, docs/DESIGN.md §10), `cli` (`deltaconv analyze`). Nothing is imported
+here so that `locality` stays usable without diffusers.
 """

@@ -7,14 +7,15 @@ inputs. `deltaconv analyze` writes them next to analysis.json as `attention_stat
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
-from deltaconv_kernels.analysis.capture import DEFAULT_MAX_ELEMENTS, AttentionCapture, CapturedMaps
+from deltaconv_kernels.analysis.capture import DEFAULT_MAX_ELEMENTS, AttentionCapture, CapturedMaps, attention_of
+from deltaconv_kernels.fileio import atomic_write
 from deltaconv_kernels.init_from_attention import LayerStatistics
 
 STATS_NAME = "attention_statistics.safetensors"
@@ -66,21 +67,16 @@ class AttentionStatistics:
                 for n in self._pattern}
 
 
-def collect(model: torch.nn.Module, inputs: dict, timesteps: Sequence[int], num_queries: int = 64, seed: int = 0,
+def collect(model: torch.nn.Module, run: Callable[[torch.nn.Module], object], num_queries: int = 64, seed: int = 0,
             layers: Sequence[str] | None = None,
             max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, LayerStatistics]:
-    """Run the (unconverted) model on `inputs` (the analysis' format: latents, a tensor or {timestep: x_t}, plus
-    the conditioning) at every timestep and return the statistics of every captured layer."""
-    from deltaconv_kernels.analysis.pipeline import forward_kwargs, latents_per_timestep
-
+    """The statistics of every (or every named) self-attention layer of `model` while `run(model)` calls it
+    (e.g. on calibration inputs at several timesteps). `model` is unconverted, or converted with its attention
+    kept (then it must be in the "teacher" mode, so that the kept attention computes the maps)."""
     stats = AttentionStatistics()
     capture = AttentionCapture(model, stats, num_queries, seed, layers, max_elements=max_elements)
-    per_step = latents_per_timestep(inputs["latents"], timesteps)
-    param = next(model.parameters())
     with capture, hooked_inputs(capture, stats), torch.no_grad():
-        for t in timesteps:
-            capture.step = int(t)
-            model(**forward_kwargs(model, {**inputs, "latents": per_step[int(t)]}, int(t), param.device, param.dtype))
+        run(model)
     result = stats.results()
     never = [n for n in capture.layers if n not in result]
     if never:
@@ -89,14 +85,15 @@ def collect(model: torch.nn.Module, inputs: dict, timesteps: Sequence[int], num_
 
 
 class hooked_inputs:  # noqa: N801 - used as a context manager like a function
-    """Registers `stats.input_hook` on the attn1 of every layer of `capture` while active."""
+    """Registers `stats.input_hook` on the attention of every layer of `capture` while active."""
 
     def __init__(self, capture: AttentionCapture, stats: AttentionStatistics):
         self.capture, self.stats, self.handles = capture, stats, []
 
     def __enter__(self):
         for name, block in self.capture.layers.items():
-            self.handles.append(block.attn1.register_forward_pre_hook(self.stats.input_hook(name), with_kwargs=True))
+            self.handles.append(attention_of(block).register_forward_pre_hook(self.stats.input_hook(name),
+                                                                              with_kwargs=True))
         return self
 
     def __exit__(self, *exc):
@@ -113,8 +110,9 @@ def save_statistics(stats: dict[str, LayerStatistics], path, settings: dict | No
         tensors[f"{name}.second_moment"] = s.second_moment.contiguous()
         meta[name] = {"hw": list(s.hw), "maps": s.maps, "tokens": s.tokens}
     path = Path(path)
-    save_file(tensors, str(path), metadata={"format": STATS_FORMAT, "layers": json.dumps(meta),
-                                            "settings": json.dumps(settings or {})})
+    data = safetensors_bytes(tensors, metadata={"format": STATS_FORMAT, "layers": json.dumps(meta),
+                                                "settings": json.dumps(settings or {})})
+    atomic_write(path, lambda f: f.write(data))
     return path
 
 

@@ -47,6 +47,13 @@ def self_attention_layers(model: nn.Module) -> dict[str, BasicTransformerBlock]:
     return {site.name: site.block for site in _sites(model)}
 
 
+def attention_of(block: nn.Module) -> nn.Module:
+    """The module that computes a site's self-attention: `attn1`, or the original attention a converted layer
+    kept (`convert(..., keep_attention=True)`), whose forwards run in the "teacher" and "distill" modes."""
+    kept = getattr(block.attn1, "attention", None)
+    return kept if isinstance(kept, nn.Module) else block.attn1
+
+
 def _sites(model: nn.Module):
     if type(model).__name__ not in dm.SUPPORTED:
         raise ValueError(f"{type(model).__name__} has no BasicTransformerBlock with self-attention attn1 that the "
@@ -136,10 +143,11 @@ class AttentionCapture:
         if max_elements < 1:
             raise ValueError(f"max_elements must be >= 1, got {max_elements}")
         for name in layers:
-            attn = all_layers[name].attn1
+            attn = attention_of(all_layers[name])
             if not all(hasattr(attn, a) for a in ("to_q", "to_k", "heads", "scale")):
                 raise ValueError(f"{name} is a {type(attn).__name__}, not a diffusers Attention (is the model already "
-                                 "converted to ΔConvBlocks?): there is no attention map to capture")
+                                 "converted to ΔConvBlocks without keep_attention?): there is no attention map to "
+                                 "capture")
         self.model, self.consumer = model, consumer
         self.layers = {name: all_layers[name] for name in layers}
         # one SpatialSize per owner (the module that sees the 4-D map), recorded by the integrations' hook
@@ -157,7 +165,8 @@ class AttentionCapture:
             hook = RecordSize(self._sizes[owner_name], site.patch)
             self._handles.append(site.owner.register_forward_pre_hook(hook, with_kwargs=True))
         for name, block in self.layers.items():
-            self._handles.append(block.attn1.register_forward_hook(self._attention_hook(name), with_kwargs=True))
+            self._handles.append(attention_of(block).register_forward_hook(self._attention_hook(name),
+                                                                            with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,4 +1,5 @@
-"""`deltaconv analyze`: attention-locality analysis of a diffusers denoiser and kernel sizes for `convert`.
+"""`deltaconv analyze`: attention-locality analysis of a diffusers denoiser and kernel sizes for `convert`, plus
+the statistics of the attention-informed init (attention_statistics.safetensors next to analysis.json).
 
 Examples:
   deltaconv analyze --tiny pixart --out runs/analysis
@@ -165,11 +166,20 @@ def run(args: argparse.Namespace) -> int:
         inputs = _read_inputs(args.inputs)
     elif args.resolution:
         latent_hw = pipeline.latent_size_from_resolution(args.resolution, vae_scale_factor(args))
+    from deltaconv_kernels.analysis.attention_stats import STATS_NAME, AttentionStatistics, save_statistics
+
     model = load_model(args)
-    report = pipeline.analyze(model, settings, latent_hw, args.batch_size, inputs, progress=not args.no_progress)
+    statistics = AttentionStatistics()
+    report = pipeline.analyze(model, settings, latent_hw, args.batch_size, inputs, progress=not args.no_progress,
+                              statistics=statistics)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = [report.write_json(out / "analysis.json")]
+    # The attention-informed init's statistics (convert(..., init="attention", calibration=<this folder>))
+    written.append(save_statistics(statistics.results(), out / STATS_NAME,
+                                   {"model": report.model, "timesteps": list(settings.timesteps),
+                                    "num_queries": settings.num_queries, "seed": settings.seed,
+                                    "inputs": "given" if inputs is not None else "random"}))
     if not args.no_plots:
         written += plots.write_plots(report, out)
     print(f"{report.model}: {len(report.layers)} self-attention layers, latent {report.latent_hw[0]}x"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from deltaconv_kernels.analysis import locality
 from deltaconv_kernels.analysis.aggregate import LayerStats, LocalityAccumulator
+from deltaconv_kernels.analysis.attention_stats import AttentionStatistics, hooked_inputs
 from deltaconv_kernels.analysis.capture import DEFAULT_MAX_ELEMENTS, AttentionCapture
 from deltaconv_kernels.analysis.recommend import KernelRule
 from deltaconv_kernels.integrations.diffusers.sites import SUPPORTED
@@ -161,8 +163,9 @@ class AnalysisReport:
 
 def analyze(model: nn.Module, settings: AnalysisSettings | None = None, latent_hw: tuple[int, int] | None = None,
             batch_size: int = 1, inputs: dict | None = None, layers: Sequence[str] | None = None,
-            progress: bool = False) -> AnalysisReport:
-    """Measure every self-attention layer of `model` (on its device and dtype) and recommend kernel sizes."""
+            progress: bool = False, statistics: AttentionStatistics | None = None) -> AnalysisReport:
+    """Measure every self-attention layer of `model` (on its device and dtype) and recommend kernel sizes. With
+    `statistics`, the same forwards also feed it (the attention-informed init's statistics, docs/DESIGN.md §10)."""
     settings = settings or AnalysisSettings()
     param = next(model.parameters())
     if latent_hw is None:
@@ -175,13 +178,15 @@ def analyze(model: nn.Module, settings: AnalysisSettings | None = None, latent_h
     plot_queries = plot_positions(settings.plot_queries)
     accumulator = LocalityAccumulator(settings.hp_cutoff, settings.hp_order, settings.hp_power, settings.max_kernel,
                                       plot_queries)
-    capture = AttentionCapture(model, accumulator, settings.num_queries, settings.seed, layers, plot_queries,
+    consumer = accumulator if statistics is None else (lambda maps: (accumulator(maps), statistics(maps)))
+    capture = AttentionCapture(model, consumer, settings.num_queries, settings.seed, layers, plot_queries,
                                settings.max_elements)
     steps = settings.timesteps
     if progress:
         from tqdm import tqdm
         steps = tqdm(steps, desc="timesteps", unit="step")
-    with capture, torch.no_grad():
+    inputs_hooked = nullcontext() if statistics is None else hooked_inputs(capture, statistics)
+    with capture, inputs_hooked, torch.no_grad():
         for t in steps:
             capture.step = int(t)
             step_inputs = {**inputs, "latents": per_step[int(t)]}

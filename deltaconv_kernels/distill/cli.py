@@ -31,6 +31,7 @@ deltaconv_kernels.integrations.diffusers.load(model, "runs/x/deltaconv"))."""
 
 
 STUDENTS = ("deltaconv", "linfusion", "neighborhood", "mediator")
+INIT_METHODS = ("random", "attention", "attention+fit")  # distill.initialise.INITS (not imported: --help stays fast)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5], help="pyramid scales (default 1.0 0.5)")
     m.add_argument("--inter-ratio", type=float, default=0.5, help="inner width / model width (default 0.5)")
     m.add_argument("--backend", default=None, help="force a ΔConvBlock backend (triton, cuda, cpu, torch)")
-    m.add_argument("--init", default=None, help="start from saved ΔConvBlock weights (a deltaconv/ folder)")
+    m.add_argument("--init", default="random", metavar="random|attention|attention+fit|FOLDER",
+                   help="how the ΔConvBlocks start: random (kaiming, as released; default), attention (closed "
+                   "form from the attention's statistics on --init-samples training samples, docs/DESIGN.md §10), "
+                   "attention+fit (that plus a least-squares fit of proj_out/pool_proj to the attention's outputs, "
+                   "layer by layer: step 0), or a deltaconv/ folder of saved ΔConvBlock weights")
+    m.add_argument("--init-samples", type=int, default=32,
+                   help="training samples (each at its own timestep) the attention init calibrates on (default 32)")
 
     d = parser.add_argument_group("data (choose one)")
     src = d.add_mutually_exclusive_group(required=True)
@@ -142,11 +149,16 @@ def check_args(args) -> None:
 
     check_at_least(args.threads, 1, "--threads")
     if args.student != "deltaconv":
-        given = [o for o, v in (("--gate", args.gate), ("--backend", args.backend), ("--init", args.init)) if v]
+        given = [o for o, v in (("--gate", args.gate), ("--backend", args.backend),
+                                ("--init", args.init != "random")) if v]
         if given:
             raise ValueError(f"{', '.join(given)} set ΔConvBlocks up; --student {args.student} trains a baseline")
         if args.student == "neighborhood" and not args.kernel_sizes.isdigit():
             raise ValueError("--student neighborhood needs --kernel-sizes K, one odd int (its window)")
+    check_at_least(args.init_samples, 1, "--init-samples")
+    if args.init not in INIT_METHODS and not Path(args.init).is_dir():
+        raise ValueError(f"--init must be one of {', '.join(INIT_METHODS)} or a folder of saved ΔConvBlock "
+                         f"weights, got {args.init!r} (no such folder)")
     check_at_least(args.random, 1, "--random")
     if args.random is not None:
         if len(args.random_size) % 2:
@@ -249,19 +261,24 @@ def build(args):
     if scheduler_path is None and (Path(args.model) / "scheduler" / "scheduler_config.json").is_file():
         scheduler_path = args.model
     scheduler = load_noise_scheduler(scheduler_path)
+    dataset = _dataset(args, model, accelerator)
+    check_data(dataset, model)
     if args.student == "deltaconv":
+        init, calibration = (args.init, None) if args.init in INIT_METHODS else ("random", None)
+        if init != "random":
+            from deltaconv_kernels.distill.initialise import dataset_calibration
+            calibration = dataset_calibration(dataset, scheduler, args.init_samples, args.batch_size, args.seed)
         report = convert(model, _kernel_sizes(args.kernel_sizes), gate=args.gate, scales=tuple(args.scales),
-                         inter_ratio=args.inter_ratio, keep_attention=True, backend=args.backend)
+                         inter_ratio=args.inter_ratio, keep_attention=True, backend=args.backend, init=init,
+                         calibration=calibration)
     else:
         extra = {"kernel_size": int(args.kernel_sizes)} if args.student == "neighborhood" else {}
         names = replace_attention(model, args.student, keep_attention=True, **extra)
         report = f"{type(model).__name__}: {len(names)} self-attention layers -> {args.student} students"
     if accelerator.is_main_process:
         print(report)
-    if args.init:
+    if args.init not in INIT_METHODS:
         load(model, args.init)
-    dataset = _dataset(args, model, accelerator)
-    check_data(dataset, model)
     resume = None
     if args.resume is not None:
         resume = args.resume or str(Path(args.output_dir) / "checkpoint.pt")

@@ -35,6 +35,7 @@ class ConversionReport:
     scales: tuple[float, ...]
     inter_ratio: float
     layers: list[LayerReport] = field(default_factory=list)
+    init: dict | None = None  # what init= set per layer (docs/DESIGN.md §10), None for "random"
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -109,7 +110,7 @@ def _kernel_sizes(model, sites, kernel_sizes) -> tuple[dict[str, int], str | Non
 
 def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None, scales=(1.0, 0.5),
             inter_ratio: float = 0.5, keep_attention: bool = False, backend: str | None = None,
-            gate_scale: float | None = None) -> ConversionReport:
+            gate_scale: float | None = None, init: str = "random", calibration=None) -> ConversionReport:
     """Replace every self-attention `attn1` of `BasicTransformerBlock`s (never `attn2`) with `DeltaConvAttention`.
 
     Args:
@@ -121,7 +122,11 @@ def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None,
             analyze` writes (its path or its loaded dict: the "kernel_sizes" entry is used).
         gate: "scaled" | "sigmoid"; None takes the released gate (U-Nets scaled, PixArt/DiT sigmoid).
         keep_attention: keep the original attention as `.attention` (needed for modes "teacher"/"distill").
+        init: "random" (kaiming, as released), "attention" or "attention+fit" (start next to the attention, from
+            `calibration`: model inputs or a `deltaconv analyze` folder; see `distill.initialise`).
     """
+    from deltaconv_kernels.distill.initialise import check_init, initialise  # (at call time: it imports this module)
+    check_init(init, calibration)
     model = dm.resolve_denoiser(model_or_pipeline)
     if any(isinstance(m, DeltaConvAttention) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} is already converted (it has DeltaConvAttention layers)")
@@ -141,9 +146,15 @@ def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None,
         attn = site.block.attn1
         size = attach_size_hook(site)
         site.block.attn1 = DeltaConvAttention(blocks[site.name], size, site.name,
-                                              attention=attn if keep_attention else None)
+                                              attention=attn if keep_attention or init != "random" else None)
         report.layers.append(LayerReport(site.name, site.level, site.factor, _sample_hw(model, site.factor),
                                          blocks[site.name].dim, sizes[site.name], gate))
+    if init != "random":
+        try:
+            report.init = initialise(model, init, calibration, keep_attention)
+        except BaseException:
+            revert(model)  # a failed init leaves the model as it was before convert
+            raise
     install_save(model)  # the model's save_pretrained writes a converted folder, never a partial base model
     return report
 

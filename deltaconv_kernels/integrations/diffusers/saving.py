@@ -67,6 +67,9 @@ def save(model_or_pipeline, path, push_to_hub: bool = False, repo_id: str | None
         "scales": list(first.scales), "inter_ratio": first.inter_ratio,
         "layers": {name: layer_config(m) for name, m in layers.items()},
     }
+    inits = {name: m.init_record for name, m in layers.items() if getattr(m, "init_record", None)}
+    if inits:  # how the blocks were started (docs/DESIGN.md §10), for the record; load ignores it
+        config["init"] = inits
     if any(b.scales != first.scales or b.inter_ratio != first.inter_ratio for b in blocks):
         raise ValueError("all converted layers must share scales and inter_ratio to be saved together")
     out = Path(path)

@@ -97,7 +97,7 @@ def get_classifier(out: Path, images, labels, cfg: dict, log):
 
 
 def run(out: Path, smoke: bool = False, threads: int = 2, results: Path | None = None, grid: Path | None = None,
-        seed: int = 0) -> dict:
+        seed: int = 0, init: str = "random") -> dict:
     cfg = SMOKE if smoke else FULL
     t_start, log = start_run(out, threads)
 
@@ -112,8 +112,13 @@ def run(out: Path, smoke: bool = False, threads: int = 2, results: Path | None =
     dataset = load_latents_file(out / "latents.pt")
 
     student = copy.deepcopy(teacher)
-    report = convert(student, kernel_sizes=cfg["kernel_size"], keep_attention=True)
-    log(f"converted {len(report)} layers, K={cfg['kernel_size']}, gate={report.layers[0].gate}")
+    calibration = None
+    if init != "random":  # the attention-informed start (docs/DESIGN.md §10), calibrated on the training digits
+        from deltaconv_kernels.distill.initialise import dataset_calibration
+        calibration = dataset_calibration(dataset, build_scheduler(), samples=64, batch_size=32, seed=seed)
+    report = convert(student, kernel_sizes=cfg["kernel_size"], keep_attention=True, init=init,
+                     calibration=calibration)
+    log(f"converted {len(report)} layers, K={cfg['kernel_size']}, gate={report.layers[0].gate}, init={init}")
     fresh = {k: v.clone() for k, v in student_state_dict(student).items()}
     dcfg = DistillConfig(output_dir=str(out / "distill"), max_steps=cfg["distill_steps"],
                          batch_size=cfg["distill_batch"], learning_rate=cfg["distill_lr"],
@@ -218,8 +223,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="toy sizes, for CI")
+    p.add_argument("--init", choices=("random", "attention", "attention+fit"), default="random",
+                   help="how the ΔConvBlocks start (default random, as the measured section)")
     a = p.parse_args(argv)
-    m = run(a.out, a.smoke, a.threads, a.results, a.grid, a.seed)
+    m = run(a.out, a.smoke, a.threads, a.results, a.grid, a.seed, a.init)
     return 0 if (m["bar_met"] or a.smoke) else 1
 
 
