@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deltaconv_kernels import reference
 import deltaconv_kernels.integrations.diffusers.sites as dm
+from deltaconv_kernels import reference
 from deltaconv_kernels.integrations.diffusers.attention import DeltaConvAttention
 
 RIDGE = 1e-4  # ridge strength relative to the mean diagonal of z^T z: only steadies directions the data never takes
