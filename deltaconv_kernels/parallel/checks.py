@@ -1,0 +1,53 @@
+"""Per-rank functions that compare band-parallel results with the one-process ones (run by `launch.run_local`
+in the tests and for benchmarks/RESULTS.md). Each rank computes the one-process result itself and returns its
+errors, so a comparison needs no extra communication."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from deltaconv_kernels.modules import DeltaConvBlock
+from deltaconv_kernels.parallel.bands import check_bands, split_rows
+from deltaconv_kernels.parallel.block import band_block_forward
+from deltaconv_kernels.parallel.comm import BandComm
+
+
+def block_case(comm: BandComm, h: int, w: int, dim: int = 16, kernel_size: int = 5, scales=(1.0, 0.5),
+               gate: str = "scaled", dtype: torch.dtype = torch.float32, backend: str | None = None,
+               bands=None, batch: int = 2, seed: int = 0) -> dict:
+    """One block on an `h x w` map split as `bands` (default: even): this rank's rows of the band-parallel
+    output against the same rows of the one-process block; errors relative to the whole one-process output."""
+    torch.manual_seed(seed)
+    block = DeltaConvBlock(dim, kernel_size, scales, gate=gate, backend=backend).to(dtype)
+    x = torch.randn(batch, h, w, dim).to(dtype)
+    bands = check_bands(bands, h, comm.world) if bands is not None else split_rows(h, comm.world)
+    s, e = bands[comm.rank]
+    with torch.no_grad():
+        whole = block(x)
+        before = sum(comm.sent.values())
+        mine = band_block_forward(block, x[:, s:e].contiguous(), comm, bands)
+    sent = sum(comm.sent.values()) - before
+    expected = whole[:, s:e]
+    diff = (mine.double() - expected.double())
+    scale_max = whole.double().abs().max().item()
+    return dict(rank=comm.rank, shape=tuple(mine.shape), max_abs=diff.abs().max().item() if diff.numel() else 0.0,
+                scale_max=scale_max, sq_err=diff.pow(2).sum().item(), sq_ref=whole.double().pow(2).sum().item(),
+                sent=sent, expected_shape=tuple(expected.shape))
+
+
+def block_cases(rank: int, world: int, cases: list[dict]) -> list[dict]:
+    """`block_case` for each case (keyword dicts) on the default group; a list of per-case results."""
+    comm = BandComm(timeout_s=30.0)
+    assert comm.rank == rank and comm.world == world == dist.get_world_size()
+    return [block_case(comm, **case) for case in cases]
+
+
+def combine(per_rank: list[dict]) -> tuple[float, float]:
+    """(max_rel, norm_rel) of the whole band-parallel output, as testing.relative_errors defines them, from
+    the per-rank results of one case."""
+    scale_max = per_rank[0]["scale_max"]
+    max_rel = max(r["max_abs"] for r in per_rank) / max(scale_max, 1e-30)
+    norm_rel = (sum(r["sq_err"] for r in per_rank) / max(per_rank[0]["sq_ref"], 1e-300)) ** 0.5
+    return max_rel, norm_rel
+
