@@ -101,3 +101,55 @@ def pipeline_cases(rank: int, world: int, build, cases: list[dict]) -> list[dict
                         scale_max=whole.double().abs().max().item(), sq_err=diff.pow(2).sum().item(),
                         sq_ref=whole.double().pow(2).sum().item(), sent=sent, steps=steps))
     return out
+
+
+def failure_drill(rank: int, world: int, victim: int, how: str, timeout_s: float) -> float:
+    """Band-parallel block forwards on every rank while rank `victim` fails: "raise" (an exception), "exit"
+    (the process ends abruptly) or "hang" (it stops answering for 3 timeouts, then gives up). The other ranks
+    must raise RankFailureError; returns the seconds this rank spent before that (the caller checks the bound)."""
+    import os
+    import time
+    comm = BandComm(timeout_s=timeout_s)
+    start = time.monotonic()
+    if rank == victim:
+        if how == "raise":
+            raise RuntimeError(f"rank {rank} failed on purpose")
+        if how == "exit":
+            os._exit(3)
+        time.sleep(3 * timeout_s)
+        raise RuntimeError(f"rank {rank} hung on purpose")
+    for _ in range(3):  # the drill fails in the first forward; more would only show that it does not hang
+        block_case(comm, h=4 * world + 1, w=5, kernel_size=5)
+    return time.monotonic() - start
+
+
+def mismatch_drill(rank: int, world: int, victim: int, fields: list[str]) -> list[dict]:
+    """For each field ("size", "seed" or "dtype"): a patched tiny DiT called with inputs that differ on rank
+    `victim` in that field. Every rank must raise InputMismatchError before any band work: returns, per field,
+    the error (None if there was none) and the bytes sent (only the input check's)."""
+    from diffusers import DiTTransformer2DModel
+
+    from deltaconv_kernels.integrations import diffusers as dd
+    from deltaconv_kernels.parallel.comm import InputMismatchError
+    from deltaconv_kernels.parallel.denoisers import bytes_sent, patch_parallel
+    out = []
+    for field in fields:
+        torch.manual_seed(0)
+        model = DiTTransformer2DModel(sample_size=8, in_channels=4, out_channels=8, num_layers=1,
+                                      num_attention_heads=2, attention_head_dim=8, patch_size=2,
+                                      num_embeds_ada_norm=10).eval()
+        dd.convert(model)
+        patch_parallel(model, timeout_s=20.0)
+        size = 10 if rank == victim and field == "size" else 8
+        g = torch.Generator().manual_seed(1 if rank == victim and field == "seed" else 0)
+        latent = torch.randn(1, 4, size, size, generator=g)
+        if rank == victim and field == "dtype":
+            latent = latent.double()
+        error = None
+        try:
+            with torch.no_grad():
+                model(latent, timestep=torch.tensor([5]), class_labels=torch.tensor([1]))
+        except InputMismatchError as e:
+            error = str(e)
+        out.append(dict(field=field, error=error, sent=bytes_sent(model)))
+    return out

@@ -6,6 +6,7 @@ Every byte sent is counted per kind (`BandComm.sent`), for the cost tables in be
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import Counter
 from datetime import timedelta
@@ -43,10 +44,14 @@ class BandComm:
     def _global(self, r: int) -> int:
         return r if self.group is None else dist.get_global_rank(self.group, r)
 
-    def _wait(self, work, what: str, peers) -> None:
+    @contextlib.contextmanager
+    def _naming(self, what: str, peers):
+        """Turn a failure of posting or waiting on an op with `peers` into RankFailureError naming them."""
         try:
-            work.wait(self.timeout)
-        except Exception as e:  # gloo/NCCL raise RuntimeError or DistBackendError: name who we were waiting for
+            yield
+        except RankFailureError:
+            raise
+        except Exception as e:  # gloo/NCCL raise RuntimeError or DistBackendError
             names = ", ".join(f"rank {p}" for p in peers)
             raise RankFailureError(f"rank {self.rank}: {what} with {names} failed or timed out after "
                                    f"{self.timeout.total_seconds():g} s ({names} failed, exited or hangs): "
@@ -56,14 +61,22 @@ class BandComm:
         """Post every send and receive, then wait on each, naming the peer of the first one that fails."""
         works = []
         for peer, t in recvs.items():
-            works.append((dist.irecv(t, self._global(peer), group=self.group), peer))
+            with self._naming(what, [peer]):
+                works.append((dist.irecv(t, self._global(peer), group=self.group), peer))
         for peer, t in sends.items():
             t = t.contiguous()
             sends[peer] = t  # keep the buffer alive until its send completes
             self.sent[kind] += t.numel() * t.element_size()
-            works.append((dist.isend(t, self._global(peer), group=self.group), peer))
+            with self._naming(what, [peer]):
+                works.append((dist.isend(t, self._global(peer), group=self.group), peer))
         for work, peer in works:
-            self._wait(work, what, [peer])
+            with self._naming(what, [peer]):
+                work.wait(self.timeout)
+
+    def _collective(self, op, what: str) -> None:
+        """Run the async collective `op()` and wait on it, naming every other rank if it fails."""
+        with self._naming(what, [r for r in range(self.world) if r != self.rank]):
+            op().wait(self.timeout)
 
     # -- row exchanges -------------------------------------------------------------------------------------
     def swap_rows(self, local: torch.Tensor, dim: int, have: list[Band], need: list[Band], kind: str = "halo"):
@@ -111,8 +124,7 @@ class BandComm:
     def all_reduce_sum(self, t: torch.Tensor, kind: str = "allreduce") -> torch.Tensor:
         t = t.contiguous()
         self.sent[kind] += t.numel() * t.element_size()
-        self._wait(dist.all_reduce(t, group=self.group, async_op=True), f"all-reduce ({kind})",
-                   [r for r in range(self.world) if r != self.rank])
+        self._collective(lambda: dist.all_reduce(t, group=self.group, async_op=True), f"all-reduce ({kind})")
         return t
 
     def gather_bands(self, local: torch.Tensor, dim: int, bands: list[Band]) -> torch.Tensor:
@@ -124,21 +136,34 @@ class BandComm:
         buf = torch.cat([local, local.new_zeros(pad)], dim=dim).contiguous()
         parts = [torch.empty_like(buf) for _ in range(self.world)]
         self.sent["gather"] += buf.numel() * buf.element_size()
-        self._wait(dist.all_gather(parts, buf, group=self.group, async_op=True), "gathering the output bands",
-                   [r for r in range(self.world) if r != self.rank])
+        self._collective(lambda: dist.all_gather(parts, buf, group=self.group, async_op=True),
+                         "gathering the output bands")
         return torch.cat([p.narrow(dim, 0, e - s) for p, (s, e) in zip(parts, bands)], dim=dim)
 
     def check_same(self, fields: dict[str, object]) -> None:
         """Refuse (InputMismatchError on every rank) unless every rank passed equal `fields`: tensors compare by
-        shape, dtype and exact bytes, anything else by repr. One small message to every peer, before any work."""
-        digest = torch.tensor(list(_fingerprint(fields)), dtype=torch.uint8)
-        theirs = {p: torch.empty_like(digest) for p in range(self.world) if p != self.rank}
-        self._exchange({p: digest for p in theirs}, theirs, "checking that the ranks got the same inputs", "check")
-        differ = sorted(p for p, d in theirs.items() if not torch.equal(d, digest))
+        shape, dtype and exact bytes, anything else by repr. One small message to every peer (the fingerprint and
+        the shapes, to name what differs), before any work."""
+        mine = describe(fields)
+        message = torch.frombuffer(bytearray(_fingerprint(fields) + _padded(mine)), dtype=torch.uint8)
+        theirs = {p: torch.empty_like(message) for p in range(self.world) if p != self.rank}
+        self._exchange({p: message for p in theirs}, theirs, "checking that the ranks got the same inputs", "check")
+        differ = {p: m for p, m in theirs.items() if not torch.equal(m[:_DIGEST], message[:_DIGEST])}
         if differ:
+            lines = "; ".join(f"rank {p} got ({bytes(m[_DIGEST:].tolist()).rstrip(bytes(1)).decode(errors='replace')})"
+                              for p, m in sorted(differ.items()))
             raise InputMismatchError(
-                f"rank {self.rank}: ranks {differ} were given different inputs than this rank ({describe(fields)}); "
-                "every rank must call the model with the same sizes, dtypes, seeds and values")
+                f"rank {self.rank}: the ranks were given different inputs: this rank got ({mine}); {lines} (values "
+                "differ where the shapes agree); every rank must call the model with the same sizes, dtypes, "
+                "seeds and values")
+
+
+_DIGEST, _DESCRIPTION = 32, 480  # bytes of the check message: sha256 of the inputs, then their shapes as text
+
+
+def _padded(text: str) -> bytes:
+    raw = text.encode()[:_DESCRIPTION]
+    return raw + bytes(_DESCRIPTION - len(raw))
 
 
 def _fingerprint(fields: dict[str, object]) -> bytes:

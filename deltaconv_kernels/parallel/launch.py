@@ -32,12 +32,11 @@ def _child(rank: int, world: int, store_path: str, timeout_s: float, threads: in
         store = dist.FileStore(store_path, world)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
                                 timeout=timedelta(seconds=timeout_s))
-        try:
-            results.put((rank, True, fn(rank, world, *args)))
-        finally:
-            dist.destroy_process_group()
+        results.put((rank, True, fn(rank, world, *args)))
     except BaseException as e:  # reported to the parent, which decides
         results.put((rank, False, "".join(traceback.format_exception(e))))
+        return  # a group whose peer failed may not tear down cleanly: leave it to process exit
+    dist.destroy_process_group()
 
 
 def run_local(fn, world: int, *args, timeout_s: float = 60.0, group_timeout_s: float = 30.0,
