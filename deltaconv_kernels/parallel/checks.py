@@ -79,8 +79,9 @@ def _run_pipeline(pipe, kind: str, height: int, width: int, steps: int, seed: in
 
 
 def pipeline_cases(rank: int, world: int, build, cases: list[dict]) -> list[dict]:
-    """For each case (kind, height, width, steps, seed): the image of `build()` (a tiny pipeline) converted with
-    ΔConvBlocks, on one process and band-parallel on the default group; errors and bytes sent per step."""
+    """For each case (kind, height, width, steps, seed; kernel_size: one K for all layers, else the released
+    ones): the image of `build()` (a tiny pipeline) converted with ΔConvBlocks, on one process and band-parallel
+    on the default group; errors and bytes sent per step."""
     from deltaconv_kernels.integrations import diffusers as dd
     from deltaconv_kernels.parallel.denoisers import bytes_sent, patch_parallel, unpatch_parallel
     out = []
@@ -89,7 +90,7 @@ def pipeline_cases(rank: int, world: int, build, cases: list[dict]) -> list[dict
         steps, seed = case.get("steps", 2), case.get("seed", 0)
         torch.manual_seed(seed)
         pipe = build()
-        dd.convert(pipe)
+        dd.convert(pipe, **({"kernel_sizes": case["kernel_size"]} if "kernel_size" in case else {}))
         with torch.no_grad():
             whole = _run_pipeline(pipe, kind, height, width, steps, seed)
             patch_parallel(pipe, timeout_s=60.0)

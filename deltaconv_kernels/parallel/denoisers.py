@@ -5,8 +5,10 @@ every rank continues with the same, whole output.
 
 Transformers (PixArt, DiT): the token map's rows are split; the patch embedding runs on the patch-aligned band of
 the latent and adds the rows of the global grid's positional embedding; every ΔConvBlock runs band-parallel
-(`block.band_block_forward`); everything else is token-wise. The patching sets instance attributes only (no
-parameter, buffer or state-dict key changes) and `unpatch_parallel` removes them."""
+(`block.band_block_forward`); everything else is token-wise. U-Nets (SD1.5 / SDXL layout): the latent's rows
+are split; every spatial convolution, GroupNorm and upsampler is replaced as in `unet.py`, the ΔConvBlocks run
+band-parallel on each level's bands, cross-attention (attn2) is token-wise and untouched. The patching sets
+instance attributes only (no parameter, buffer or state-dict key changes) and `unpatch_parallel` removes them."""
 
 from __future__ import annotations
 
@@ -14,28 +16,58 @@ import torch
 from torch import nn
 
 from deltaconv_kernels.integrations.diffusers import DeltaConvAttention, resolve_denoiser
-from deltaconv_kernels.parallel.bands import Band, split_rows
+from deltaconv_kernels.parallel.bands import Band
 from deltaconv_kernels.parallel.block import band_block_forward
 from deltaconv_kernels.parallel.comm import BandComm
+from deltaconv_kernels.parallel.unet import level_bands, unet_patches
 
 TRANSFORMERS = ("PixArtTransformer2DModel", "DiTTransformer2DModel")
+SUPPORTED = (*TRANSFORMERS, "UNet2DConditionModel")
 _PATCHED = "_deltaconv_parallel"  # instance attribute naming the patched modules' overridden forwards
 
 
 class BandState:
-    """What the patched modules of one denoiser share during a call: the communicator and the row bands of the
-    current token map (set by the denoiser's wrapper before its forward, cleared after)."""
+    """What the patched modules of one denoiser share during a call: the communicator, and per level of the
+    model (a U-Net's resolutions; a transformer has one) the map's size and row bands. The denoiser's wrapper
+    starts level 0 before its forward and clears them after; a U-Net's resampling ops move between levels."""
 
     def __init__(self, comm: BandComm):
         self.comm = comm
-        self.bands: tuple[Band, ...] | None = None
-        self.width: int | None = None
+        self.levels: dict[int, tuple[int, int, tuple[Band, ...]]] = {}
+        self.level: int | None = None
+
+    def enter(self, level: int, rows: int | None = None, cols: int | None = None) -> tuple[Band, ...]:
+        """Make `level` current (recording its `rows x cols` map the first time) and return its bands."""
+        if level not in self.levels:
+            if rows is None:
+                raise RuntimeError(f"level {level} of the map was never entered with its size")
+            self.levels[level] = (rows, cols, level_bands(rows, self.comm.world, level))
+        self.level = level
+        return self.levels[level][2]
+
+    def clear(self) -> None:
+        self.levels, self.level = {}, None
+
+    def level_size(self) -> tuple[int, int]:
+        self._check()
+        return self.levels[self.level][:2]
+
+    @property
+    def bands(self) -> tuple[Band, ...]:
+        self._check()
+        return self.levels[self.level][2]
+
+    @property
+    def width(self) -> int:
+        return self.level_size()[1]
 
     def band(self) -> Band:
-        if self.bands is None:
+        return self.bands[self.comm.rank]
+
+    def _check(self) -> None:
+        if self.level is None:
             raise RuntimeError("a band-parallel module was called outside its patched denoiser's forward: call the "
                                "whole model (or pipeline), not a layer alone")
-        return self.bands[self.comm.rank]
 
 
 class BandBlock:
@@ -89,7 +121,7 @@ class BandPatchEmbed:
             tokens = e.norm(tokens)
         if e.pos_embed is None:
             return tokens
-        rows, cols = self.state.bands[-1][1], self.state.width
+        rows, cols = self.state.level_size()
         pos = self._global_pos(rows, cols, latent.device)
         pos = pos.reshape(1, rows, cols, -1)[:, s:end].reshape(1, (end - s) * cols, -1)
         return (tokens + pos).to(tokens.dtype)
@@ -115,7 +147,7 @@ class BandDenoiser:
         self.model = model
         self.state = state
         self.capture = capture
-        self.patch = model.config.patch_size
+        self.patch = getattr(model.config, "patch_size", None) or 1  # a U-Net splits the latent's rows
         self.inner = False
 
     def __call__(self, hidden_states: torch.Tensor, *args, **kwargs):
@@ -127,12 +159,8 @@ class BandDenoiser:
             raise ValueError(f"hidden_states must be a [B, C, H, W] latent with H and W multiples of the patch size "
                              f"{p}, got shape {tuple(hidden_states.shape)}")
         rows, cols = hidden_states.shape[-2] // p, hidden_states.shape[-1] // p
-        if rows < comm.world:
-            raise ValueError(f"the token map has {rows} rows, fewer than the {comm.world} ranks: use fewer ranks or "
-                             "a larger image")
-        bands = split_rows(rows, comm.world)
+        bands = self.state.enter(0, rows, cols)
         s, e = bands[comm.rank]
-        self.state.bands, self.state.width = bands, cols
         self.inner = True
         try:
             # Called through the module again so that its forward pre-hooks (the ΔConv layers' map-size
@@ -143,7 +171,8 @@ class BandDenoiser:
                 sample = _unpatchify(self.capture.value, e - s, cols, p)
                 self.capture.value = None
         finally:
-            self.state.bands, self.inner = None, False
+            self.state.clear()
+            self.inner = False
         whole = comm.gather_bands(sample, 2, [(a * p, b * p) for a, b in bands])
         if isinstance(out, tuple):
             return (whole, *out[1:])
@@ -200,15 +229,18 @@ def patch_parallel(pipe_or_model, group=None, timeout_s: float = 300.0) -> nn.Mo
     kind = type(model).__name__
     if _PATCHED in model.__dict__:
         raise ValueError(f"{kind} is already patched for band parallelism")
-    if kind not in TRANSFORMERS:
-        raise ValueError(f"patch_parallel supports {TRANSFORMERS}, got {kind}")
+    if kind not in SUPPORTED:
+        raise ValueError(f"patch_parallel supports {SUPPORTED}, got {kind}")
     layers = check_no_attention(model)
     if not layers:
         raise ValueError(f"{kind} has no ΔConvBlock layers: run deltaconv_kernels.integrations.diffusers.convert "
                          "first")
     state = BandState(BandComm(group, timeout_s))
     patched = [(layer.block, BandBlock(layer.block, state)) for layer in layers]
-    patched.append((model.pos_embed, BandPatchEmbed(model.pos_embed, state)))
+    if kind in TRANSFORMERS:
+        patched.append((model.pos_embed, BandPatchEmbed(model.pos_embed, state)))
+    else:
+        patched += unet_patches(model, state)
     capture, hook = None, None
     if kind == "DiTTransformer2DModel":
         capture = _Capture()
