@@ -119,9 +119,20 @@ def band_pooled_bias(comm: BandComm, x: torch.Tensor, rows: int, weight: torch.T
     return F.linear(mean, weight.to(cd), bias.to(cd)).to(x.dtype)
 
 
+def refuse_autograd(module, *tensors: torch.Tensor) -> None:
+    """Band parallelism is inference only: the exchanged rows carry no gradient back to the rank that sent them,
+    so a backward pass would silently differ from one process. Refuse unless autograd is off or nothing needs it."""
+    if torch.is_grad_enabled() and (any(t.requires_grad for t in tensors)
+                                    or any(p.requires_grad for p in module.parameters())):
+        raise RuntimeError("band parallelism runs inference only (gradients would not flow back through the rows "
+                           "exchanged between ranks): call it under torch.no_grad() or torch.inference_mode()")
+
+
 def band_block_forward(block, x: torch.Tensor, comm: BandComm, bands: list[Band]) -> torch.Tensor:
     """Rows `bands[comm.rank]` of `block(whole_map)`, from this rank's band `x` `[B, h, W, C]` of the map whose
-    rows are split as `bands` across the ranks of `comm` (every rank calls this with the same `bands`)."""
+    rows are split as `bands` across the ranks of `comm` (every rank calls this with the same `bands`).
+    Inference only (`refuse_autograd`)."""
+    refuse_autograd(block, x)
     band = bands[comm.rank]
     if x.dim() != 4 or x.shape[1] != band[1] - band[0] or x.shape[3] != block.dim:
         raise ValueError(f"x must be this rank's band [B, {band[1] - band[0]}, W, {block.dim}] of rows "

@@ -17,7 +17,7 @@ from torch import nn
 
 from deltaconv_kernels.integrations.diffusers import DeltaConvAttention, resolve_denoiser
 from deltaconv_kernels.parallel.bands import Band
-from deltaconv_kernels.parallel.block import band_block_forward
+from deltaconv_kernels.parallel.block import band_block_forward, refuse_autograd
 from deltaconv_kernels.parallel.comm import BandComm
 from deltaconv_kernels.parallel.unet import level_bands, unet_patches
 
@@ -154,6 +154,7 @@ class BandDenoiser:
         if self.inner:  # the band's own call (below): the model's forward proper
             return type(self.model).forward(self.model, hidden_states, *args, **kwargs)
         comm, p = self.state.comm, self.patch
+        refuse_autograd(self.model, hidden_states)
         comm.check_same(_flatten({"hidden_states": hidden_states, "args": args, "kwargs": kwargs}))
         if hidden_states.dim() != 4 or hidden_states.shape[-2] % p or hidden_states.shape[-1] % p:
             raise ValueError(f"hidden_states must be a [B, C, H, W] latent with H and W multiples of the patch size "
