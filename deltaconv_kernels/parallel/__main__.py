@@ -8,6 +8,7 @@ tolerance of deltaconv_kernels.testing."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -88,6 +89,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="make each image this many times, report the fastest "
                         "(2 or more leaves out the first call's one-time costs)")
     args = parser.parse_args(argv)
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        parser.error("start it with torchrun, e.g. torchrun --standalone --nproc_per_node 2 -m "
+                     "deltaconv_kernels.parallel")
+    if min(args.height, args.width) < 4 or args.height % 4 or args.width % 4:
+        parser.error(f"--height and --width must be positive multiples of 4 (latent /2, patch 2), got "
+                     f"{args.height} x {args.width}")
 
     from deltaconv_kernels.integrations import diffusers as dd
     from deltaconv_kernels.parallel import bytes_sent, patch_parallel
