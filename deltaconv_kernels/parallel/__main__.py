@@ -97,7 +97,7 @@ def main(argv=None) -> int:
                      f"{args.height} x {args.width}")
 
     from deltaconv_kernels.integrations import diffusers as dd
-    from deltaconv_kernels.parallel import bytes_sent, patch_parallel
+    from deltaconv_kernels.parallel.denoisers import bytes_sent, patch_parallel
     from deltaconv_kernels.testing import relative_errors, tolerance
 
     if args.threads:
