@@ -30,13 +30,6 @@ def check_bands(bands, rows: int, world: int) -> tuple[Band, ...]:
     return bands
 
 
-def scale_bands(bands, rows: int, new_rows: int) -> tuple[Band, ...]:
-    """The bands of a map of `new_rows` rows that keep each boundary at the same fraction of the height (exact
-    when the boundaries are multiples of the ratio: a U-Net's levels aligned to the stride)."""
-    bounds = [(s * new_rows) // rows for s, _ in bands] + [new_rows]
-    return tuple((bounds[r], bounds[r + 1]) for r in range(len(bands)))
-
-
 def overlap(a: Band, b: Band) -> Band | None:
     """The intersection of two row ranges, or None when empty."""
     s, e = max(a[0], b[0]), min(a[1], b[1])
