@@ -10,7 +10,7 @@ import stat
 
 import pytest
 import torch
-from cli_usage import usage_error
+from cli_usage import distill_args, tiny_pixart_folder, usage_error
 
 from deltaconv_kernels.cli import main
 
@@ -21,18 +21,10 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from tiny_models import tiny_pixart
-
-    path = tmp_path_factory.mktemp("model") / "pixart"
-    tiny_pixart().save_pretrained(path)
-    return path
+    return tiny_pixart_folder(tmp_path_factory)
 
 
-def _distill(model_dir, out, *extra, steps=2):
-    return ["distill", "--model", str(model_dir), "--random", "4", "--random-size", "16", "16",
-            "--random-prompt-len", "3", "--kernel-sizes", "3", "--batch-size", "2", "--checkpoint-every", "1",
-            "--log-every", "1", "--warmup-steps", "1", "--output-dir", str(out), "--no-progress", "--no-plot",
-            "--max-steps", str(steps), *extra]
+_distill = distill_args
 
 
 # --- distill: argument errors -------------------------------------------------------------------------------

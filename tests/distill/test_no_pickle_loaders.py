@@ -11,8 +11,8 @@ import random
 
 import numpy as np
 import pytest
-import test_distill_command_errors as cli_tests
 import torch
+from cli_usage import distill_args, tiny_pixart_folder, usage_error
 from torch import nn
 
 from deltaconv_kernels.cli import main
@@ -20,8 +20,12 @@ from deltaconv_kernels.distill import checkpointing
 from deltaconv_kernels.distill import evaluation as ev
 
 # The CLI run, its tiny saved model and the exit-2 check are the CLI hardening tests' own.
-_distill, _usage_error = cli_tests._distill, cli_tests.usage_error
-model_dir = cli_tests.model_dir  # the fixture
+_distill, _usage_error = distill_args, usage_error
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_pixart_folder(tmp_path_factory)
 
 
 class _CreatesMarker:
