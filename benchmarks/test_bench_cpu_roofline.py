@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import time
 
 import pytest
 import torch
@@ -90,18 +91,27 @@ def case_calls(shape: str, dtype: torch.dtype) -> tuple[dict, DeltaConvBlock]:
     return calls, block
 
 
-def measure(shape: str, dtype_name: str, rounds: int = ROUNDS) -> dict:
-    """One row of the roofline table: minima (s) of interleaved rounds, FMA counts and rates."""
+def measure(shape: str, dtype_name: str, rounds: int = ROUNDS, cpu_time: bool = False) -> dict:
+    """One row of the roofline table: minima (s) of interleaved rounds, FMA counts and rates. `cpu_time`: on one
+    thread in process CPU time, which other processes on a shared machine barely disturb."""
     h, w, _, _, _ = SHAPES[shape]
     calls, block = case_calls(shape, DTYPES[dtype_name])
-    with torch.no_grad():
-        t = {name: min(timing.seconds) for name, timing in interleaved(calls, rounds).items()}
+    threads = torch.get_num_threads()
+    if cpu_time:
+        torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            timings = interleaved(calls, rounds, clock=time.process_time if cpu_time else time.perf_counter)
+    finally:
+        torch.set_num_threads(threads)
+    t = {name: min(timing.seconds) for name, timing in timings.items()}
     p_fma, g_fma = pyramid_fmas(block, BATCH, h, w), gemm_fmas(block, BATCH, h, w)
     return {"shape": shape, "dtype": dtype_name, "pyramid_gfma": p_fma / 1e9, "pyramid_ms": t["pyramid"] * 1e3,
             "pyramid_gfma_per_s": p_fma / t["pyramid"] / 1e9, "gemm_fp32_gfma_per_s": g_fma / t["gemms_fp32"] / 1e9,
             "pyramid_vs_gemm_rate": (p_fma / t["pyramid"]) / (g_fma / t["gemms_fp32"]),
             "block_ms": t["block"] * 1e3, "gemms_ms": t["gemms"] * 1e3, "block_over_gemms": t["block"] / t["gemms"],
-            "threads": torch.get_num_threads(), "cpu_kernels": extension.cpu_capability()}
+            "threads": 1 if cpu_time else threads, "clock": "process CPU time" if cpu_time else "wall",
+            "cpu_kernels": extension.cpu_capability()}
 
 
 COLUMNS = (("pyramid_gfma", "pyramid G FMA", 3), ("pyramid_ms", "pyramid ms", 1),
@@ -119,9 +129,10 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
-def header(rounds: int) -> str:
-    return (f"CPU roofline, B={BATCH}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
-            f", cpu kernels {extension.cpu_capability()}, minima of {rounds} interleaved rounds")
+def header(rounds: int, cpu_time: bool = False) -> str:
+    how = "1 thread, process CPU time" if cpu_time else f"{torch.get_num_threads()} threads, wall time"
+    return (f"CPU roofline, B={BATCH}, {how}, {platform.processor() or platform.machine()}, cpu kernels "
+            f"{extension.cpu_capability()}, minima of {rounds} interleaved rounds")
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -147,11 +158,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="CPU roofline table of the pyramid (markdown, or JSON rows)")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+    parser.add_argument("--cpu-time", action="store_true", help="one thread, process CPU time (shared machines)")
     args = parser.parse_args(argv)
     if not CPU.available:
         parser.error(f"cpu backend unavailable: {CPU.reason}")
-    rows = [measure(shape, dtype, args.rounds) for shape in SHAPES for dtype in DTYPES]
-    print(json.dumps(rows) if args.json else f"{header(args.rounds)}\n{table(rows)}")
+    rows = [measure(shape, dtype, args.rounds, args.cpu_time) for shape in SHAPES for dtype in DTYPES]
+    print(json.dumps(rows) if args.json else f"{header(args.rounds, args.cpu_time)}\n{table(rows)}")
     return 0
 
 
