@@ -56,6 +56,9 @@ CPU = "tests/cpu/test_cpu_backend.py"
 CPU_SCALED = f"{CONF}::test_pyramid_forward_and_grads[cpu-0-torch.float32]"    # 13x9, K=3, scaled
 CPU_SIGMOID = f"{CONF}::test_pyramid_forward_and_grads[cpu-1-torch.float32]"   # 25x17, K=5, 3 stages, sigmoid
 WGRAD = "tests/ops/test_weight_grad_accuracy.py"
+CPU_ISA = "tests/cpu/test_cpu_isa.py::test_forced_isa_reads_u_in_place"
+CPU_FP32_IN_PLACE = f"{CPU_ISA}[AVX2-torch.float32-45w-K13-ci32]"          # edge blocks, 2 tiles, K in 2 chunks
+CPU_BF16_IN_PLACE = f"{CPU_ISA}[AVX2-torch.bfloat16-40w-K7-ci24]"
 LOSSES = "tests/distill/test_distill_losses.py"
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -190,10 +193,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "for (int64_t part = 1; part < nparts - 1; ++part) {  // fixed order",
            "weight-gradient reduction drops the last row block's partial", (CPU_SCALED,)),
     Mutant("cpu-wgrad-input-dtype", "csrc/cpu/kernels.cpp",
-           "    weight_grad_strip<acc_t>(rows, ga_out, K, n, gw + cb * taps);\n",
-           "    weight_grad_strip<acc_t>(rows, ga_out, K, n, gw + cb * taps);\n"
-           "    for (int64_t j = 0; j < taps; ++j)\n"
-           "      gw[cb * taps + j] = static_cast<acc_t>(static_cast<Tg>(gw[cb * taps + j]));\n",
+           "        weight_grad_strip<S, acc_t>(grp.ta[j], GD.pix(b, y, ca, 0), K, x0, x1, gw + ca * taps);\n",
+           "        weight_grad_strip<S, acc_t>(grp.ta[j], GD.pix(b, y, ca, 0), K, x0, x1, gw + ca * taps);\n"
+           "        for (int64_t i = 0; i < taps; ++i)\n"
+           "          gw[ca * taps + i] = static_cast<acc_t>(static_cast<Tg>(gw[ca * taps + i]));\n",
            "weight gradient accumulated in the input dtype (rounded to bf16/fp16 after every row)",
            (f"{WGRAD}::test_weight_grad_is_rounded_once[cpu-torch.bfloat16]",
             f"{WGRAD}::test_weight_grad_is_rounded_once[cpu-torch.float16]")),
@@ -201,6 +204,24 @@ MUTANTS: tuple[Mutant, ...] = (
            "const acc_t inv = acc_t(1) / static_cast<acc_t>(x.H * x.W);",
            "const acc_t inv = acc_t(1) / static_cast<acc_t>(x.H * x.W - 1);",
            "pooled-bias mean divided by N - 1", (f"{CONF}::test_pooled_bias_and_grads[cpu-torch.float32]",)),
+    # u read where it lies, converted in registers (AVX2 and DEFAULT copies; the AVX512BF16 dot products cannot
+    # run on a CPU without AVX512-BF16, so they have no mutant here: tests/cpu/test_cpu_bf16_dot.py covers them)
+    Mutant("cpu-bf16-load-as-fp16", "csrc/cpu/kernels.cpp",
+           "    at::vec::load_fp32_from_bf16(p, v);\n",
+           "    at::vec::load_fp32_from_fp16(reinterpret_cast<const c10::Half*>(p), v);\n",
+           "a bf16 vector of u converted as if it were fp16", (CPU_BF16_IN_PLACE,)),
+    Mutant("cpu-interior-right-edge", "csrc/cpu/kernels.cpp",
+           "return x >= half && x + XB + half <= n; }", "return x >= half && x + XB <= n; }",
+           "a register block at the right edge read without bounds checks (pixels past the row)",
+           (CPU_FP32_IN_PLACE,)),
+    Mutant("cpu-wgrad-left-edge", "csrc/cpu/kernels.cpp",
+           "if (x + K0 - K / 2 >= 0 && x + XB + K0 + KN - 1 - K / 2 <= t.n) {",
+           "if (x + XB + K0 + KN - 1 - K / 2 <= t.n) {",
+           "weight-gradient block at the left edge read without bounds checks", (CPU_FP32_IN_PLACE,)),
+    Mutant("cpu-tile-drops-pixel", "csrc/cpu/kernels.cpp",
+           "      const int64_t x1 = std::min(n, x0 + tile);\n      for (int64_t j = 0; j < g; ++j) {",
+           "      const int64_t x1 = std::min(n, x0 + tile - 1);\n      for (int64_t j = 0; j < g; ++j) {",
+           "the row-group conv skips the last pixel of every full tile", (CPU_FP32_IN_PLACE,)),
 )
 
 

@@ -1,7 +1,7 @@
 // The one run-time choice of the CPU kernels' instruction set. csrc/cpu/isa.def lists the instruction sets and
 // the CPU features each needs; each per-ISA copy of the kernels defines its table deltaconv::cpu::<ISA>::kernels
 // (referred to weakly here: null when that ISA was not compiled in), and every call runs
-//   - the ISA $DELTACONV_CPU_CAPABILITY names (default|avx2|avx512, any case), read at each call; naming one
+//   - the ISA $DELTACONV_CPU_CAPABILITY names (default|avx2|avx512|avx512bf16, any case), read at each call; naming one
 //     that is not compiled in or that this CPU lacks is an error naming the variable, never a fallback;
 //   - else the highest compiled ISA whose features this CPU (and its OS) supports.
 // This file is compiled without any ISA flags, so it runs on every CPU of the target.
@@ -52,6 +52,7 @@ bool cpu_has(std::string_view feature) {
   if (feature == "avx512bw") return __builtin_cpu_supports("avx512bw");
   if (feature == "avx512vl") return __builtin_cpu_supports("avx512vl");
   if (feature == "avx512dq") return __builtin_cpu_supports("avx512dq");
+  if (feature == "avx512bf16") return __builtin_cpu_supports("avx512bf16");
 #endif
   TORCH_CHECK(false, "deltaconv cpu: csrc/cpu/isa.def names the CPU feature '", feature,
               "', which csrc/cpu/capability.cpp cannot detect on this target");

@@ -8,28 +8,10 @@
 
 #include "deltaconv/checks.h"
 #include "deltaconv/cpu_kernels.h"
+#include "deltaconv/tensor_views.h"
 
 namespace deltaconv {
 namespace {
-
-cpu::DType to_kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cpu::DType::f32;
-    case at::kHalf: return cpu::DType::f16;
-    case at::kBFloat16: return cpu::DType::bf16;
-    case at::kDouble: return cpu::DType::f64;
-    default: TORCH_CHECK(false, "deltaconv cpu: unsupported dtype ", t);
-  }
-  return cpu::DType::f32;
-}
-
-cpu::View4 view4(const at::Tensor& t) {
-  cpu::View4 v;
-  v.data = t.data_ptr();
-  v.B = t.size(0); v.H = t.size(1); v.W = t.size(2); v.C = t.size(3);
-  v.sB = t.stride(0); v.sH = t.stride(1); v.sW = t.stride(2);
-  return v;
-}
 
 struct PreparedStages {
   std::vector<at::Tensor> weights;  // compute dtype, contiguous
@@ -59,7 +41,7 @@ at::Tensor pyramid_forward_cpu(const at::Tensor& u_in, at::TensorList weights, a
   const int64_t S = static_cast<int64_t>(weights.size());
   at::Tensor out = at::empty({u.size(0), u.size(1), u.size(2), u.size(3) / 2 * S}, u.options());
   cpu::PyramidArgs a;
-  a.dtype = to_kernel_dtype(u.scalar_type());
+  a.dtype = kernel_dtype(u.scalar_type(), "cpu");
   a.u = view4(u);
   a.out = view4(out);
   a.stages = p.stages.data();
@@ -86,7 +68,7 @@ std::vector<at::Tensor> pyramid_backward_cpu(const at::Tensor& grad_out_in, cons
   }
   at::Tensor grad_u = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
   cpu::PyramidArgs a;
-  a.dtype = to_kernel_dtype(u.scalar_type());
+  a.dtype = kernel_dtype(u.scalar_type(), "cpu");
   a.u = view4(u);
   a.out = view4(grad_out);
   a.grad_u = view4(grad_u);
@@ -105,7 +87,7 @@ at::Tensor pooled_bias_cpu(const at::Tensor& x_in, const at::Tensor& weight, con
   const at::Tensor x = unit_channel_stride(x_in);
   const auto acc = compute_dtype(x.scalar_type());
   at::Tensor mean = at::empty({x.size(0), x.size(3)}, x.options().dtype(acc));
-  cpu::spatial_mean(to_kernel_dtype(x.scalar_type()), view4(x), mean.data_ptr());
+  cpu::spatial_mean(kernel_dtype(x.scalar_type(), "cpu"), view4(x), mean.data_ptr());
   return at::addmm(bias.to(acc), mean, weight.to(acc).t()).to(x.scalar_type());
 }
 

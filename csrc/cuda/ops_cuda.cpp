@@ -11,28 +11,10 @@
 #include "deltaconv/checks.h"
 #include "deltaconv/cuda_launchers.h"
 #include "deltaconv/geometry.h"
+#include "deltaconv/tensor_views.h"
 
 namespace deltaconv {
 namespace {
-
-DType kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::f32;
-    case at::kHalf: return DType::f16;
-    case at::kBFloat16: return DType::bf16;
-    case at::kDouble: return DType::f64;
-    default: TORCH_CHECK(false, "deltaconv cuda: unsupported dtype ", t);
-  }
-  return DType::f32;
-}
-
-View4 view4(const at::Tensor& t) {
-  View4 v;
-  v.data = t.data_ptr();
-  v.B = t.size(0); v.H = t.size(1); v.W = t.size(2); v.C = t.size(3);
-  v.sB = t.stride(0); v.sH = t.stride(1); v.sW = t.stride(2);
-  return v;
-}
 
 void check(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "deltaconv cuda: launching ", what, " failed: ", cudaGetErrorString(err));
@@ -46,7 +28,7 @@ void check_cuda(const at::Tensor& t, const char* name) {
 // `flip` packs w[K-1-ky, K-1-kx] (the kernel of the transposed correlation).
 at::Tensor pack_weight(const at::Tensor& w, at::ScalarType acc, bool flip) {
   const int64_t K = w.size(0), Ch = w.size(2) / 2;
-  const int64_t Chp = cuda::packed_channels(kernel_dtype(acc), Ch);
+  const int64_t Chp = cuda::packed_channels(kernel_dtype(acc, "cuda"), Ch);
   at::Tensor src = flip ? w.flip({0, 1}) : w;
   return at::constant_pad_nd(src.to(acc).reshape({K * K, 2, Ch}), {0, Chp - Ch}).contiguous();
 }
@@ -63,7 +45,7 @@ at::Tensor pyramid_forward_cuda(const at::Tensor& u_in, at::TensorList weights, 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const at::Tensor u = unit_channel_stride(u_in);
   const auto acc = compute_dtype(u.scalar_type());
-  const DType dt = kernel_dtype(u.scalar_type());
+  const DType dt = kernel_dtype(u.scalar_type(), "cuda");
   const int64_t B = u.size(0), H = u.size(1), W = u.size(2), Ci = u.size(3), Ch = Ci / 2;
   const auto S = static_cast<int64_t>(weights.size());
   at::Tensor out = at::empty({B, H, W, Ch * S}, u.options());
@@ -98,7 +80,7 @@ std::vector<at::Tensor> pyramid_backward_cuda(const at::Tensor& grad_out_in, con
   const at::Tensor u = unit_channel_stride(u_in);
   const at::Tensor g = unit_channel_stride(grad_out_in);
   const auto acc = compute_dtype(u.scalar_type());
-  const DType dt = kernel_dtype(u.scalar_type());
+  const DType dt = kernel_dtype(u.scalar_type(), "cuda");
   const int64_t B = u.size(0), H = u.size(1), W = u.size(2), Ci = u.size(3), Ch = Ci / 2;
   const View4 uv = view4(u), gv = view4(g);
   at::Tensor GU = at::zeros({B, H, W, Ci}, u.options().dtype(acc));
@@ -142,7 +124,7 @@ at::Tensor pooled_bias_cuda(const at::Tensor& x_in, const at::Tensor& weight, co
   const auto acc = compute_dtype(x.scalar_type());
   at::Tensor mean = at::empty({x.size(0), x.size(3)}, x.options().dtype(acc));
   const View4 xv = view4(x);
-  const DType dt = kernel_dtype(x.scalar_type());
+  const DType dt = kernel_dtype(x.scalar_type(), "cuda");
   at::Tensor ws = workspace(cuda::spatial_mean_workspace_bytes(dt, xv), x);
   check(cuda::spatial_mean(dt, xv, ws.data_ptr(), mean.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
         "spatial_mean");

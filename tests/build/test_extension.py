@@ -69,8 +69,9 @@ def test_missing_or_broken_build_record_is_a_reason(tmp_path, monkeypatch):
 def test_isa_builds_follow_the_target():
     assert build_helpers.isa_builds(str(ROOT), "aarch64") == [("DEFAULT", [])]
     x86 = dict(build_helpers.isa_builds(str(ROOT), "x86_64"))
-    assert list(x86) == ["DEFAULT", "AVX2", "AVX512"]
+    assert list(x86) == ["DEFAULT", "AVX2", "AVX512", "AVX512BF16"]
     assert x86["DEFAULT"] == [] and {"-mavx2", "-mfma"} <= set(x86["AVX2"]) and "-mavx512f" in x86["AVX512"]
+    assert {"-mavx512f", "-mavx512bf16"} <= set(x86["AVX512BF16"])
 
 
 def test_target_sys_path_ignores_pip_isolation(monkeypatch, tmp_path):

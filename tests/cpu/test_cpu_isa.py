@@ -29,6 +29,14 @@ X86 = platform.machine().lower() in ("x86_64", "amd64")
 ENV = "DELTACONV_CPU_CAPABILITY"
 
 
+# isa.def names CPU features as GCC does; /proc/cpuinfo spells some of them otherwise.
+CPUINFO_NAME = {"avx512bf16": "avx512_bf16"}
+
+
+def cpuinfo_features(isa: str) -> set[str]:
+    return {CPUINFO_NAME.get(f, f) for f in FEATURES[isa]}
+
+
 def cpuinfo_flags() -> set[str] | None:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -50,7 +58,7 @@ def test_runnable_and_automatic_choice_follow_the_cpu(monkeypatch):
     flags = cpuinfo_flags()
     if flags is None:
         pytest.skip("no /proc/cpuinfo flags to compare the CPU detection with")
-    runnable = [isa for isa in BUILD["cpu_compiled"] if set(FEATURES[isa]) <= flags]
+    runnable = [isa for isa in BUILD["cpu_compiled"] if cpuinfo_features(isa) <= flags]
     assert BUILD["cpu_runnable"] == runnable
     monkeypatch.delenv(ENV, raising=False)
     assert extension.cpu_capability() == runnable[-1]
@@ -67,7 +75,9 @@ CASES = [
 def forced_isa(request, monkeypatch):
     isa = request.param
     if isa not in BUILD["cpu_runnable"]:
-        pytest.skip(f"this CPU cannot run the {isa} kernels (it runs {BUILD['cpu_runnable']})")
+        missing = sorted(cpuinfo_features(isa) - (cpuinfo_flags() or set()))
+        pytest.skip(f"CPU lacks {', '.join(missing) or 'a feature'}: it cannot run the {isa} kernels "
+                    f"(it runs {BUILD['cpu_runnable']})")
     monkeypatch.setenv(ENV, isa.lower())
     assert extension.cpu_capability() == isa
     return isa
@@ -78,6 +88,27 @@ def test_forced_isa_matches_reference(forced_isa, dtype, gen):
     for case in CASES:
         check_pyramid_backend("cpu", case, dtype, generator=gen, strided_u=False, strided_grad=True)
     check_block_backend("cpu", dtype, "sigmoid", generator=gen)
+
+
+# u read where it lies (docs/DESIGN.md §2), cases that reach every branch of the register-blocked loops: (B, H, W,
+# Ci, K, scales, gate). Widths leave full interior blocks, edge blocks on both sides, more than one pixel tile and
+# single-pixel tails; K from 1 to 15 (the fixed loops, one and several tap chunks) and 17 (the generic loop);
+# channel halves of whole vectors (16) and of partial ones (12, 3); few rows for a large K (rows outside the map).
+DIRECT_CASES = [
+    (1, 5, 45, 32, 13, (1.0, 0.5), "sigmoid"),
+    (2, 7, 40, 24, 7, (1.0, 0.5), "scaled"),
+    (1, 4, 37, 32, 3, (1.0,), "scaled"),
+    (1, 6, 20, 6, 15, (1.0, 0.5), "sigmoid"),
+    (1, 3, 19, 32, 17, (1.0,), "scaled"),
+    (1, 2, 9, 32, 1, (1.0,), "sigmoid"),
+]
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=lambda c: f"{c[2]}w-K{c[4]}-ci{c[3]}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_forced_isa_reads_u_in_place(forced_isa, dtype, case, gen):
+    """bf16 / fp16 u converted in registers as loaded, u strided over pixels (a channel slice of a wider tensor)."""
+    check_pyramid_backend("cpu", case, dtype, generator=gen, strided_u=True, strided_grad=True)
 
 
 def test_forced_isas_agree_exactly_in_fp64(monkeypatch, gen):
@@ -116,7 +147,7 @@ def test_forcing_an_isa_this_cpu_lacks_is_an_error(monkeypatch):
 
 # Code of a per-ISA copy carries its namespace deltaconv::cpu::<ISA> (or at::vec::<ISA>) in its mangled name,
 # also as a template argument (a lambda of the kernels, an OpenMP outlined region of one).
-ISA_MARK = re.compile(r"(?<![0-9])(4AVX2|6AVX512)")
+ISA_MARK = re.compile(r"(?<![0-9])(4AVX2|6AVX512|10AVX512BF16)")
 AVX = re.compile(r"^\s*[0-9a-f]+:\s+v[a-z0-9]+\b|%[xyz]mm(1[6-9]|2[0-9]|3[01])\b|%[yz]mm|%k[0-7]\b")
 
 
