@@ -119,7 +119,7 @@ if [ "$fresh" = yes ]; then
 fi
 # Every package a test may import is in [all] (tests/build/test_extras.py), which dev.sh installs: none may be
 # missing here, and no test may have skipped naming one (conftest's reason, or importorskip's own).
-.venv/bin/python -c 'from deltaconv_kernels import extras; m = extras.missing("all"); assert not m, f"missing: {m}"' || \
+.venv/bin/python -P -c 'from deltaconv_kernels import extras; m = extras.missing("all"); assert not m, f"missing: {m}"' || \
   fail "dev.sh left packages of [all] uninstalled"
 if grep -E "needs [^ ]+, which is not installed here|could not import '" "$work/dev_test.log"; then
   fail "tests skipped for a package that dev.sh installs"

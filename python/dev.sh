@@ -91,9 +91,10 @@ else
   echo "[dev.sh] every dependency is installed: installing nothing"
 fi
 echo "[dev.sh] using $("$VPY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)')"
-# Build the package and its C++ extension against the torch above (never a second torch: setup.py builds against
-# the torch of the environment it installs into). In this environment first (needs no registry), else isolated.
-"$VPY" -m pip install -q --no-deps --no-build-isolation . 2>/dev/null || "$VPY" -m pip install -q --no-deps .
+# Build the package and its C++ extension against the torch above, in the venv with its build requirements
+# (installed above), so no registry is needed and no second torch is ever pulled in.
+echo "[dev.sh] building and installing deltaconv_kernels into $VENV"
+"$VPY" -m pip install -q --no-deps --no-build-isolation .
 
 # `-P` keeps the source tree off sys.path, so the installed package (with its built _C) is what gets tested.
 if [ "$job" = bench ]; then
