@@ -86,10 +86,11 @@ grep -q "pip install --no-build-isolation ." "$work/pypa.log" || fail "no --no-b
 echo "install_check:    failed as it should in ${took} s, with the --no-build-isolation advice"
 
 echo "install_check: 5. the CLI without the extras (the venv of 2: the package, torch, numpy)"
-cli_refuses() {  # <command> <extra> <args...>: exit 2, the one-line message naming what is missing, nothing written
+cli_refuses() {  # <command> <extra[,extra]> <args...>: exit 2, one line naming what is missing, nothing written
   local cmd=$1 extra=$2; shift 2
   local needs rc=0
-  needs="$(cd "$work" && "$V" -c "from deltaconv_kernels import extras; print(', '.join(extras.missing('$extra')))")"
+  needs="$(cd "$work" && "$V" -c "import sys; from deltaconv_kernels import extras
+print(', '.join(dict.fromkeys(p for e in sys.argv[1].split(',') for p in extras.missing(e))))" "$extra")"
   [ -n "$needs" ] || fail "the venv has the [$extra] packages: the check would prove nothing"
   (cd "$work" && "$work/venv/bin/deltaconv" "$cmd" "$@" > "$work/cli.out" 2> "$work/cli.err") || rc=$?
   [ "$rc" = 2 ] || { cat "$work/cli.err"; fail "deltaconv $cmd without [$extra]: exit $rc, expected 2"; }
@@ -100,6 +101,7 @@ cli_refuses() {  # <command> <extra> <args...>: exit 2, the one-line message nam
   echo "install_check:    deltaconv $cmd: $want"
 }
 cli_refuses bench bench --device cpu --max-resolution 512 --out cli_out
+cli_refuses bench bench,diffusers --end-to-end --device cpu --out cli_out   # whole denoiser steps: diffusers models
 cli_refuses analyze analysis --tiny pixart --out cli_out
 cli_refuses distill distill --model cli_model --random 4 --output-dir cli_out
 (cd "$work" && "$work/venv/bin/deltaconv" info > "$work/info.out" 2> "$work/info.err") || fail "deltaconv info failed"

@@ -31,15 +31,17 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 EXTRAS["all"] = tuple(dict.fromkeys(r for reqs in EXTRAS.values() for r in reqs))
 
-# The modules of a feature -> the extras whose packages they may import (a name covers its sub-modules). The rest of
-# the package imports only torch, numpy and the standard library, plus OPTIONAL_BACKENDS where installed.
+# The modules of a feature -> the extras whose packages they may import (a name covers its sub-modules; the longest
+# matching name counts). The rest of the package imports only torch, numpy and the standard library, plus
+# OPTIONAL_BACKENDS where installed. The end-to-end benchmark builds diffusers models.
 FEATURE_EXTRAS: dict[str, tuple[str, ...]] = {
     "deltaconv_kernels.integrations": ("diffusers",),
     "deltaconv_kernels.analysis": ("analysis",),
     "deltaconv_kernels.distill": ("distill",),
     "deltaconv_kernels.bench": ("bench",),
+    "deltaconv_kernels.bench.e2e": ("bench", "diffusers"),
     "deltaconv_kernels.bench_report": ("bench",),
-    "deltaconv_kernels.bench_e2e": ("bench", "diffusers"),  # `deltaconv bench --end-to-end` builds diffusers models
+    "deltaconv_kernels.bench_e2e": ("bench", "diffusers"),
 }
 # Used when importable, never required: the backend or implementation that needs one reports itself unavailable.
 OPTIONAL_BACKENDS = ("triton", "natten")
@@ -72,10 +74,8 @@ def applies_here(requirement: str) -> bool:
 
 def extras_for(module: str) -> tuple[str, ...]:
     """The extras a module of the package may import from (empty: torch, numpy and the standard library only)."""
-    for prefix, extras in FEATURE_EXTRAS.items():
-        if module == prefix or module.startswith(prefix + "."):
-            return extras
-    return ()
+    matches = [prefix for prefix in FEATURE_EXTRAS if module == prefix or module.startswith(prefix + ".")]
+    return FEATURE_EXTRAS[max(matches, key=len)] if matches else ()
 
 
 def missing(extra: str) -> list[str]:
