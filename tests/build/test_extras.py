@@ -48,7 +48,8 @@ def _imports(path: Path, module: str) -> tuple[set[str], set[str]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
             # `from pkg import sub` may import a sub-module: count both.
             names = [base] + [f"{base}.{a.name}" for a in node.names]
         every.update(names)
