@@ -11,7 +11,7 @@
 #      folder left behind; `deltaconv info` runs, and no torch import warns that numpy is missing;
 #   6. in this clone (CI's is fresh), the README's two commands from Debian's system Python: python/dev.sh makes its
 #      own .venv with it (CI then uses that venv), `dev.sh test` runs the suite, no test skips for a package dev.sh
-#      installs, and `dev.sh bench` (a short grid: --bench-max-res 512) reuses the venv.
+#      installs, and `dev.sh bench` (a short grid: --bench-max-res 512 --bench-budget 120) reuses the venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON_BASE:-python3}
@@ -127,7 +127,7 @@ if grep -E "needs [^ ]+, which is not installed here|could not import '" "$work/
   fail "tests skipped for a package that dev.sh installs"
 fi
 t0=$SECONDS
-PYTHON="$base" bash python/dev.sh bench --bench-max-res 512 2>&1 | tee "$work/dev_bench.log"
+PYTHON="$base" bash python/dev.sh bench --bench-max-res 512 --bench-budget 120 2>&1 | tee "$work/dev_bench.log"
 grep -q "^\[dev.sh\] reusing .venv" "$work/dev_bench.log" || fail "dev.sh bench did not reuse .venv"
-echo "install_check:    bash python/dev.sh bench --bench-max-res 512: $((SECONDS - t0)) s"
+echo "install_check:    bash python/dev.sh bench --bench-max-res 512 --bench-budget 120: $((SECONDS - t0)) s"
 echo "install_check: OK in $((SECONDS - start)) s"
