@@ -7,10 +7,13 @@
 
 Plain `pip install .` builds in an isolated environment without torch; build_helpers.import_torch finds the torch
 of the environment being installed into and builds against it, never installing a second one (its module doc says
-how). The version is the `__version__` of deltaconv_kernels/__init__.py, the one place that holds it.
+how). The version is the `__version__` of deltaconv_kernels/__init__.py, the one place that holds it; the
+dependencies and extras are deltaconv_kernels/extras.py's table, run as a file (it is standard-library only), so
+the metadata needs neither torch nor the package importable.
 """
 
 import os
+import runpy
 import sys
 
 from setuptools import find_packages, setup
@@ -22,19 +25,19 @@ import build_helpers  # noqa: E402  (a non-installed helper next to this file)
 ext_modules, report = build_helpers.extensions(ROOT)
 print(report, flush=True)
 cmdclass = {"build_ext": build_helpers.build_ext_class()} if ext_modules else {}
+extras = runpy.run_path(os.path.join(ROOT, "deltaconv_kernels", "extras.py"))
 
 setup(
     name="deltaconv_kernels",
     version=build_helpers.version(ROOT),
     description="ΔConvFusion's Pyramid Convolution Block with fused Triton, CUDA and C++ CPU kernels",
-    python_requires=">=3.9",
+    # What is tested: CI runs Python 3.11 (Debian's and another build), the GPU image 3.12; python/dev.sh checks
+    # the same floor. `python -P` (tests the installed package, not the source tree) needs 3.11.
+    python_requires=">=3.11",
     packages=find_packages(include=["deltaconv_kernels*"]),
     # A range, not a pin: an existing torch (CPU or CUDA build) satisfies it, so pip installs no second torch.
-    install_requires=[f"torch>={build_helpers.OLDEST_TORCH}"],
-    extras_require={
-        "test": ["pytest", "hypothesis", "pytest-benchmark"],
-        "diffusers": ["diffusers>=0.30", "accelerate", "safetensors"],
-    },
+    install_requires=[f"torch>={build_helpers.OLDEST_TORCH}", *extras["REQUIRES"]],
+    extras_require={name: list(reqs) for name, reqs in extras["EXTRAS"].items()},
     entry_points={"console_scripts": ["deltaconv = deltaconv_kernels.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

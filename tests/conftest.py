@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from deltaconv_kernels import extras
+
 # The shared test helpers (tiny_models, independent, source_tree) are imported by name from every test folder.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
@@ -19,12 +21,10 @@ def gen():
     return torch.Generator().manual_seed(1234)
 
 
-# Optional third-party packages (import name -> pip name): a test that needs one that is not installed here (the GPU
-# image has torch, triton and numpy only) is reported as skipped with the package named, not as failed. Only these,
-# and only when find_spec says the package is absent: a missing module of our own still fails.
-OPTIONAL_PACKAGES = {"diffusers": "diffusers", "safetensors": "safetensors", "tqdm": "tqdm", "matplotlib": "matplotlib",
-                     "PIL": "pillow", "accelerate": "accelerate", "transformers": "transformers",
-                     "sklearn": "scikit-learn", "skimage": "scikit-image", "huggingface_hub": "huggingface_hub"}
+# Optional third-party packages (import name -> pip name), from the extras table: a test that needs one that is not
+# installed here (the GPU image has torch, triton and numpy only) is reported as skipped with the package named, not
+# as failed. Only these, and only when find_spec says the package is absent: a missing module of our own still fails.
+OPTIONAL_PACKAGES = {extras.import_name(r): extras.pip_name(r) for r in extras.EXTRAS["all"]}
 
 
 def _absent_optional(exc) -> str | None:
