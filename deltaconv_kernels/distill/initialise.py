@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from deltaconv_kernels.distill import fit
+from deltaconv_kernels.distill.models import predict
 from deltaconv_kernels.init_from_attention import closed_form_init, value_path
 from deltaconv_kernels.integrations.diffusers.layers import converted_layers, set_mode
 
@@ -62,6 +64,7 @@ def runner(calibration) -> Callable[[torch.nn.Module], None]:
 
 
 def _statistics(model, calibration, num_queries: int, seed: int) -> dict:
+    # deferred: attention_stats needs safetensors and diffusers, which `import deltaconv_kernels` must not
     from deltaconv_kernels.analysis.attention_stats import collect, load_statistics
 
     if isinstance(calibration, (str, Path)):
@@ -96,7 +99,6 @@ def initialise(model, init: str, calibration, keep_attention: bool, num_queries:
 
 
 def _initialise(model, init: str, calibration, num_queries: int, seed: int) -> dict:
-    from deltaconv_kernels.distill import fit
 
     layers = converted_layers(model)
     stats = _statistics(model, calibration, num_queries, seed)
@@ -141,7 +143,6 @@ def dataset_calibration(dataset, noise_scheduler, samples: int = 32, batch_size:
     every call (the fit calls it once per layer)."""
     from collections import Counter
 
-    from deltaconv_kernels.distill.models import predict
 
     sizes = dataset.sizes()
     common = Counter(sizes).most_common(1)[0][0]

@@ -11,6 +11,7 @@ from torch import nn
 
 import deltaconv_kernels.integrations.diffusers.sites as dm
 from deltaconv_kernels import validation
+from deltaconv_kernels.distill.initialise import check_init, initialise
 from deltaconv_kernels.integrations.diffusers.attention import DeltaConvAttention, attach_size_hook, detach_size_hooks
 from deltaconv_kernels.integrations.diffusers.layers import converted_layers, iter_deltaconv_modules
 from deltaconv_kernels.integrations.diffusers.saving import install_save, uninstall_save
@@ -125,7 +126,6 @@ def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None,
         init: "random" (kaiming, as released), "attention" or "attention+fit" (start next to the attention, from
             `calibration`: model inputs or a `deltaconv analyze` folder; see `distill.initialise`).
     """
-    from deltaconv_kernels.distill.initialise import check_init, initialise  # (at call time: it imports this module)
     check_init(init, calibration)
     model = dm.resolve_denoiser(model_or_pipeline)
     if any(isinstance(m, DeltaConvAttention) for m in model.modules()):
