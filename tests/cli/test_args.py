@@ -12,7 +12,8 @@ from deltaconv_kernels.dtypes import DTYPES, dtype_name
 
 @pytest.mark.parametrize("ours, torchs", [("fp32", "float32"), ("fp16", "float16"), ("bf16", "bfloat16")])
 def test_dtype_both_spellings(ours, torchs):
-    assert cli_args.parse_dtype(ours) is cli_args.parse_dtype(torchs) is cli_args.parse_dtype(torchs.upper()) is DTYPES[ours]
+    parse = cli_args.parse_dtype
+    assert parse(ours) is parse(torchs) is parse(torchs.upper()) is DTYPES[ours]
     assert dtype_name(cli_args.parse_dtype(torchs)) == ours
 
 
