@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from deltaconv_kernels.distill import fit
-from deltaconv_kernels.distill.models import predict
+# Modules, not names: both import integrations.diffusers submodules, whose package __init__ imports convert, which
+# imports this module (see integrations/diffusers/conversion.py).
+from deltaconv_kernels.distill import fit, models
 from deltaconv_kernels.init_from_attention import closed_form_init, value_path
 from deltaconv_kernels.integrations.diffusers.layers import converted_layers, set_mode
 
@@ -163,5 +164,5 @@ def dataset_calibration(dataset, noise_scheduler, samples: int = 32, batch_size:
         param = next(model.parameters())
         for batch, t, noisy in batches:
             moved = {k: v.to(param.device) for k, v in batch.items()}
-            predict(model, noisy.to(param.device, param.dtype), t.to(param.device), moved)
+            models.predict(model, noisy.to(param.device, param.dtype), t.to(param.device), moved)
     return run

@@ -11,7 +11,10 @@ from torch import nn
 
 import deltaconv_kernels.integrations.diffusers.sites as dm
 from deltaconv_kernels import validation
-from deltaconv_kernels.distill.initialise import check_init, initialise
+
+# A module, not its names: distill.initialise imports this package's submodules, and importing any of them first
+# runs this package's __init__ (which imports this module) while initialise is still half-loaded.
+from deltaconv_kernels.distill import initialise as attention_init
 from deltaconv_kernels.integrations.diffusers.attention import DeltaConvAttention, attach_size_hook, detach_size_hooks
 from deltaconv_kernels.integrations.diffusers.layers import converted_layers, iter_deltaconv_modules
 from deltaconv_kernels.integrations.diffusers.saving import install_save, uninstall_save
@@ -126,7 +129,7 @@ def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None,
         init: "random" (kaiming, as released), "attention" or "attention+fit" (start next to the attention, from
             `calibration`: model inputs or a `deltaconv analyze` folder; see `distill.initialise`).
     """
-    check_init(init, calibration)
+    attention_init.check_init(init, calibration)
     model = dm.resolve_denoiser(model_or_pipeline)
     if any(isinstance(m, DeltaConvAttention) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} is already converted (it has DeltaConvAttention layers)")
@@ -151,7 +154,7 @@ def convert(model_or_pipeline, kernel_sizes="released", gate: str | None = None,
                                          blocks[site.name].dim, sizes[site.name], gate))
     if init != "random":
         try:
-            report.init = initialise(model, init, calibration, keep_attention)
+            report.init = attention_init.initialise(model, init, calibration, keep_attention)
         except BaseException:
             revert(model)  # a failed init leaves the model as it was before convert
             raise
